@@ -1,0 +1,62 @@
+"""`python -m envserver --host 127.0.0.1 --port 8000 --max-sessions 4`"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+import uvicorn
+
+from .app import ServerSettings, create_app
+from .session import SessionSettings
+
+TOKEN_ENV = "BGWORK_ENV_TOKEN"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="envserver", description="Offline BrowserGym MiniWoB++ server")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; non-loopback requires $%s" % TOKEN_ENV)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-sessions", type=int, default=4, help="bound on open browser sessions (429 beyond)")
+    p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle session is reaped")
+    p.add_argument("--task", default="click-test", help="task used when a reset names none")
+    p.add_argument("--pre-observation-delay", type=float, default=0.1,
+                   help="seconds to wait after an action before observing (BrowserGym default 0.5)")
+    p.add_argument("--slow-mo", type=int, default=0, help="Playwright slow_mo in ms (MiniWoB tasks ask 100)")
+    p.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a browser call counts as lost")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    if args.max_sessions < 1:
+        p.error("--max-sessions must be >= 1")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    token = os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and not token:
+        sys.exit(f"envserver: binding {args.host} exposes browsers beyond this machine; "
+                 f"set {TOKEN_ENV} to a secret bearer token first")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServerSettings(
+        max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, default_task=args.task, token=token,
+        session=SessionSettings(pre_observation_delay=args.pre_observation_delay, slow_mo=args.slow_mo,
+                                call_timeout=args.call_timeout))
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The HTTP API. Client mistakes get 4xx with {"error": {"code", "message"}}; a dead browser gets 503 session_lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .actions import ActionError, parse_action
+from .browser import chromium_version
+from .metrics import Metrics
+from .pool import PoolFull, SessionPool, UnknownSession
+from .session import SessionLost, SessionSettings, SessionTimeout, make_observation
+from .tasks import UnknownTask, registry, task_factory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerSettings:
+    max_sessions: int = 4
+    idle_timeout: float = 600.0
+    default_task: str = "click-test"
+    token: str | None = None
+    max_body_bytes: int = 64 * 1024
+    session: SessionSettings = field(default_factory=SessionSettings)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+# ---- request bodies -------------------------------------------------------------------------------
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = Field(None, description="MiniWoB task name (GET /tasks); default: the server's --task")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    session_id: str | None = Field(None, max_length=64, description="reset this session in place")
+    include_screenshot: bool = False
+
+
+class ActionObject(BaseModel):
+    """The original clients send the action as {"action_str": "..."}."""
+    model_config = ConfigDict(extra="ignore")
+    action_str: str
+
+
+class StepRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_id: str = Field(..., max_length=64)
+    action: str | ActionObject
+    include_screenshot: bool = False
+
+
+class CloseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    session_id: str = Field(..., max_length=64)
+
+
+# ---- app ------------------------------------------------------------------------------------------
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    metrics = Metrics()
+    pool = SessionPool(settings.max_sessions, settings.idle_timeout, settings.session,
+                       on_reap=metrics.reaped.inc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.close_all()  # no chromium or driver outlives the server
+
+    app = FastAPI(title="bgwork envserver", version=__version__, lifespan=lifespan,
+                  description="Offline BrowserGym MiniWoB++ sessions over HTTP.")
+    app.state.pool, app.state.metrics, app.state.settings = pool, metrics, settings
+    _install_guards(app, settings, metrics)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "active_sessions": pool.active,
+                "max_sessions": pool.max_sessions, "browser": chromium_version(), "task_count": len(registry())}
+
+    @app.get("/tasks")
+    def tasks() -> dict:
+        return {"tasks": sorted(registry())}
+
+    @app.get("/metrics")
+    def prometheus() -> PlainTextResponse:
+        metrics.active.set(pool.active)
+        body, content_type = metrics.render()
+        return PlainTextResponse(body, media_type=content_type)
+
+    @app.post("/reset")
+    def reset(req: ResetRequest | None = None) -> dict:
+        req = req or ResetRequest()
+        task = req.task or settings.default_task
+        try:
+            factory = task_factory(task)
+        except UnknownTask as e:
+            raise ApiError(400, "unknown_task", str(e), suggestions=e.suggestions) from None
+        session = _get(pool, req.session_id) if req.session_id else _create(pool)
+        if session.lost:
+            session.relaunch()  # a new reset recovers a session whose browser died
+        with metrics.timed("reset"):
+            obs, info = _browser_call(session, lambda env: env.reset_task(factory, req.seed), metrics)
+        session.task_name = task
+        session.last_obs = make_observation(obs, include_screenshot=False)
+        metrics.resets.labels(task).inc()
+        return {"session_id": session.id, "observation": _with_screenshot(session.last_obs, obs, req.include_screenshot),
+                "info": {"task": task, "seed": req.seed, "task_info": _jsonable(info.get("task_info", {}))},
+                "reward": None, "done": False}
+
+    @app.post("/step")
+    def step(req: StepRequest) -> dict:
+        session = _get(pool, req.session_id)
+        if session.task_name is None:
+            raise ApiError(409, "not_reset", "this session has no episode yet: POST /reset with its session_id first")
+        raw = req.action.action_str if isinstance(req.action, ActionObject) else req.action
+        metrics.steps.labels(session.task_name).inc()
+        try:
+            action = parse_action(raw)
+        except ActionError as e:  # never executed: the browser sees nothing
+            metrics.action_errors.labels("invalid").inc()
+            obs = {**session.last_obs, "last_action": raw[:200], "last_action_error": f"InvalidAction: {e}"}
+            return {"session_id": session.id, "observation": obs, "reward": 0.0, "done": False,
+                    "truncated": False, "info": {"action_valid": False}}
+        with metrics.timed("step"):
+            obs, reward, done, truncated, info = _browser_call(session, lambda env: env.step(action.to_code()), metrics)
+        session.last_obs = make_observation(obs, include_screenshot=False)
+        if session.last_obs["last_action_error"]:
+            metrics.action_errors.labels("browser").inc()
+        return {"session_id": session.id,
+                "observation": _with_screenshot(session.last_obs, obs, req.include_screenshot),
+                "reward": float(reward), "done": bool(done), "truncated": bool(truncated),
+                "info": {"action_valid": True, "task_info": _jsonable(info.get("task_info", {}))}}
+
+    @app.post("/close")
+    def close(req: CloseRequest) -> dict:
+        try:
+            pool.close(req.session_id)
+        except UnknownSession as e:
+            raise ApiError(404, "unknown_session", str(e)) from None
+        metrics.closed.inc()
+        return {"ok": True}
+
+    return app
+
+
+def _get(pool: SessionPool, session_id: str):
+    try:
+        return pool.get(session_id)
+    except UnknownSession as e:
+        raise ApiError(404, "unknown_session", str(e)) from None
+
+
+def _create(pool: SessionPool):
+    try:
+        return pool.create()
+    except PoolFull as e:
+        raise ApiError(429, "pool_full", str(e)) from None
+
+
+def _browser_call(session, fn, metrics: Metrics):
+    try:
+        return session.call(fn)
+    except (SessionLost, SessionTimeout) as e:
+        metrics.lost.inc()
+        raise ApiError(503, "session_lost", f"{e}; POST /reset (same or no session_id) to recover",
+                       session_id=session.id) from None
+
+
+def _with_screenshot(base: dict, obs: dict, include: bool) -> dict:
+    return make_observation(obs, include_screenshot=True) if include else base
+
+
+def _jsonable(value: Any) -> Any:
+    """Task info may hold numpy scalars; round-trip through json with a str fallback."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# ---- guards: errors, auth, body size --------------------------------------------------------------
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def _install_guards(app: FastAPI, settings: ServerSettings, metrics: Metrics) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return _error(e.status, e.code, e.message, **e.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, e: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        return _error(422, "invalid_request", "; ".join(problems)[:2000])
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, "internal", f"{type(e).__name__}: {str(e)[:500]}")
+
+    @app.middleware("http")
+    async def auth_and_size(request: Request, call_next):
+        started = time.perf_counter()
+        if settings.token and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+                return _error(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)")
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
+            return _error(413, "body_too_large", f"request body over {settings.max_body_bytes} bytes")
+        if size is None and request.method == "POST":
+            body = await request.body()  # chunked upload: measure what actually came
+            if len(body) > settings.max_body_bytes:
+                return _error(413, "body_too_large", f"request body over {settings.max_body_bytes} bytes")
+        response = await call_next(request)
+        metrics.observe_request(request.url.path, time.perf_counter() - started)
+        return response

@@ -1,0 +1,98 @@
+"""A bounded pool of browser sessions, with idle reaping. Closed ids are never reused (uuid4) nor revived."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+
+from .session import BrowserSession, SessionSettings
+
+log = logging.getLogger(__name__)
+
+
+class PoolFull(RuntimeError):
+    pass
+
+
+class UnknownSession(KeyError):
+    def __init__(self, session_id: str, closed: bool):
+        self.session_id, self.closed = session_id, closed
+        super().__init__(f"session {session_id!r} {'was closed' if closed else 'does not exist'}; "
+                         "POST /reset without session_id opens a new one")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class SessionPool:
+    def __init__(self, max_sessions: int, idle_timeout: float, settings: SessionSettings, on_reap=None):
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.settings = settings
+        self._sessions: dict[str, BrowserSession] = {}
+        self._closed_ids: collections.OrderedDict[str, None] = collections.OrderedDict()  # bounded memory
+        self._reserved = 0
+        self._lock = threading.Lock()
+        self._on_reap = on_reap
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
+        self._reaper.start()
+
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    def create(self) -> BrowserSession:
+        with self._lock:
+            if len(self._sessions) + self._reserved >= self.max_sessions:
+                raise PoolFull(f"all {self.max_sessions} sessions are in use; close one or retry later")
+            self._reserved += 1
+        try:
+            session = BrowserSession(uuid.uuid4().hex, self.settings)  # starts Playwright outside the lock
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        with self._lock:
+            self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> BrowserSession:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise UnknownSession(session_id, closed=session_id in self._closed_ids)
+            return session
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+            if session is None:
+                raise UnknownSession(session_id, closed=session_id in self._closed_ids)
+            self._closed_ids[session_id] = None
+            while len(self._closed_ids) > 100_000:
+                self._closed_ids.popitem(last=False)
+        session.close()
+
+    def close_all(self) -> None:
+        self._stop.set()
+        for sid in list(self._sessions):
+            try:
+                self.close(sid)
+            except UnknownSession:
+                pass
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(min(5.0, max(self.idle_timeout / 4, 0.05))):
+            now = time.monotonic()
+            idle = [s.id for s in list(self._sessions.values()) if now - s.last_used > self.idle_timeout]
+            for sid in idle:
+                log.info("reaping idle session %s", sid)
+                try:
+                    self.close(sid)
+                except UnknownSession:
+                    continue
+                if self._on_reap:
+                    self._on_reap()
