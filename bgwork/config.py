@@ -76,6 +76,36 @@ class GuardParams:
 
 
 @dataclass
+class CleanupParams:
+    """Notebook 05: which checkpoints under outputs/ to keep, slim or delete (bgwork.checkpoints)."""
+
+    apply: bool = _f(False, "false: only show the plan (dry run); true: delete exactly what the plan lists")
+    keep_last: int = _f(2, "per run: keep the N checkpoints with the highest step", min=0)
+    keep_best: int = _f(1, "per run: also keep the N checkpoints best by `metric`", min=0)
+    metric: str = _f("reward", "logged metric (trainer_state.json log_history) ranking checkpoints for keep_best")
+    metric_mode: Literal["max", "min"] = _f("max", "whether a higher or lower `metric` is better")
+    success_metric: str = _f("success_rate", "logged metric shown as the success rate (first key starting with it)")
+    pinned: list[str] = _f([], "run directory names (or paths relative to outputs/) never touched")
+    slim: bool = _f(True, "drop optimizer.pt / scheduler.pt / rng_state*.pth from kept checkpoints (not resumable after)")
+    slim_latest: bool = _f(False, "also slim each run's latest checkpoint (false keeps it resumable)")
+
+
+@dataclass
+class ExportParams:
+    """Notebook 06 and the optional end-of-training export: a checkpoint -> GGUF files (bgwork.gguf_export)."""
+
+    checkpoint: str | None = _f(None, "checkpoint dir (full or LoRA) or model spec to export; null: latest checkpoint under outputs/")
+    out_dir: str | None = _f(None, "where the .gguf files go; null: <run dir>/gguf")
+    quants: list[Literal["F16", "Q8_0", "Q5_K_M", "Q4_K_M"]] = _f(["F16", "Q8_0", "Q5_K_M", "Q4_K_M"], "GGUF types to write")
+    verify: bool = _f(True, "load each file in llama.cpp, generate, and compare next-token logits with the HF model")
+    prompts: list[str] = _f(["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction:",
+                             "The capital of France is"], "fixed prompts for the logits comparison")
+    gen_tokens: int = _f(8, "greedy tokens generated per prompt in llama.cpp (and compared for F16/Q8_0)", min=1, max=256)
+    min_cosine: float = _f(0.99, "K-quants: least cosine similarity of next-token logits with the HF model", min=0.0, max=1.0)
+    after_training: bool = _f(False, "export the final model of a full run automatically when training ends")
+
+
+@dataclass
 class Params:
     """Root of a run's parameters."""
 
@@ -85,3 +115,5 @@ class Params:
     smoke: SmokeParams = field(default_factory=SmokeParams, metadata={"help": "notebook 01"})
     diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams, metadata={"help": "notebook 04 / guard thresholds"})
     guard: GuardParams = field(default_factory=GuardParams, metadata={"help": "live collapse guard during training"})
+    cleanup: CleanupParams = field(default_factory=CleanupParams, metadata={"help": "notebook 05: checkpoint cleanup"})
+    export: ExportParams = field(default_factory=ExportParams, metadata={"help": "notebook 06 / after-training GGUF export"})
