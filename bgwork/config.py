@@ -106,6 +106,75 @@ class ExportParams:
 
 
 @dataclass
+class ModelParams:
+    """Which model is trained (bgwork.models): a hub id, a local dir, `bundled:smollm2-135m-instruct` or `tiny-random-lfm2`."""
+
+    name: str = _f("bundled:smollm2-135m-instruct", "model spec: hub id (local HF cache), local directory, "
+                   "'bundled:smollm2-135m-instruct' (offline default) or 'tiny-random-lfm2' (tests)")
+    dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "training dtype; auto: bfloat16 on a CUDA GPU, float32 on CPU")
+
+
+@dataclass
+class RolloutParams:
+    """How episodes are played: task curriculum, episode length, prompt budget, action parsing, seeds."""
+
+    tasks: dict = _f({"click-test": 1.0}, "MiniWoB task -> sampling weight (the curriculum); weights > 0")
+    max_episode_steps: int = _f(5, "browser actions per episode at most", min=1, max=50)
+    max_action_tokens: int = _f(32, "new tokens the model may generate per action (turn)", min=4, max=1024)
+    obs_max_tokens: int = _f(384, "the accessibility tree is truncated to this many tokens in each turn", min=16)
+    repair_unquoted_bids: bool = _f(True, "rewrite click(13) as click('13') before sending (still counted as a format error)")
+    format_reward: float = _f(0.0, "shaping: added to the reward per well-formed action / steps taken (0 = off)", min=0.0, max=1.0)
+    step_penalty: float = _f(0.0, "shaping: subtracted per browser step taken (0 = off)", min=0.0, max=1.0)
+    train_seeds: list[int] = _f([0, 1_000_000], "task seeds for training are drawn from [start, end)")
+    eval_seeds: list[int] = _f([1_000_000, 1_001_000], "held-out task seeds for evaluation, [start, end); never overlaps train_seeds")
+    env_retries: int = _f(3, "an episode hit by an infrastructure failure (server down, session lost) is re-run this often", min=0, max=20)
+    env_workers: int = _f(4, "parallel env requests (threads); at most env.max_sessions are useful", min=1, max=64)
+
+
+@dataclass
+class TrainParams:
+    """GRPO (TRL GRPOTrainer) settings; names follow TRL's GRPOConfig."""
+
+    max_steps: int = _f(100, "optimizer steps", min=1)
+    learning_rate: float = _f(1e-6, "peak learning rate", min=0.0)
+    lr_scheduler_type: Literal["linear", "constant", "constant_with_warmup", "cosine"] = _f("constant_with_warmup", "LR schedule after warmup")
+    warmup_steps: int = _f(10, "linear LR warmup steps", min=0)
+    num_generations: int = _f(4, "episodes per (task, seed) group; GRPO's advantage compares them", min=2)
+    per_device_train_batch_size: int = _f(4, "episodes per forward/backward micro-batch", min=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
+    generation_batch_size: int | None = _f(None, "episodes played together per generation round; null = batch size x accumulation; a multiple of num_generations", min=1)
+    beta: float = _f(0.0, "KL coefficient against the reference model (0 = no reference model)", min=0.0)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = _f("dapo", "TRL loss normalisation")
+    scale_rewards: Literal["group", "batch", "none"] = _f("group", "advantage scaling by the reward std of the group / batch / not at all")
+    epsilon: float = _f(0.2, "PPO clip range", min=0.0)
+    num_iterations: int = _f(1, "optimisation passes per generation round", min=1)
+    temperature: float = _f(1.0, "sampling temperature (also used when recomputing log-probs)", min=0.01)
+    max_completion_length: int = _f(1024, "tokens of one episode's completion (actions + later observations) at most; the episode stops there", min=8)
+    max_grad_norm: float = _f(1.0, "gradient clipping", min=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
+    gradient_checkpointing: bool = _f(False, "trade compute for memory (useful on GPU with long episodes)")
+    logging_steps: int = _f(1, "log every N steps", min=1)
+    save_steps: int = _f(50, "checkpoint every N steps", min=1)
+    save_total_limit: int | None = _f(2, "keep at most N checkpoints (null = all)", min=1)
+    resume_from_checkpoint: str | None = _f(None, "'latest' (newest checkpoint in the run dir) or a checkpoint path")
+    use_vllm: bool = _f(False, "generate with TRL's vLLM integration (optional extra, GPU only)")
+    vllm_mode: Literal["colocate", "server"] = _f("colocate", "TRL vllm_mode")
+
+
+@dataclass
+class LoraParams:
+    """LoRA adapters (peft) instead of a full fine-tune."""
+
+    enabled: bool = _f(False, "train LoRA adapters only")
+    r: int = _f(8, "adapter rank", min=1)
+    alpha: int = _f(16, "lora_alpha", min=1)
+    dropout: float = _f(0.0, "lora_dropout", min=0.0, max=1.0)
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3", "in_proj"],
+                                   "module names that get adapters (each must exist in the model); LFM2's by default; "
+                                   "SmolLM2/Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj; ['all-linear'] = every linear")
+
+
+@dataclass
 class Params:
     """Root of a run's parameters."""
 
@@ -117,3 +186,7 @@ class Params:
     guard: GuardParams = field(default_factory=GuardParams, metadata={"help": "live collapse guard during training"})
     cleanup: CleanupParams = field(default_factory=CleanupParams, metadata={"help": "notebook 05: checkpoint cleanup"})
     export: ExportParams = field(default_factory=ExportParams, metadata={"help": "notebook 06 / after-training GGUF export"})
+    model: ModelParams = field(default_factory=ModelParams, metadata={"help": "model to train"})
+    rollout: RolloutParams = field(default_factory=RolloutParams, metadata={"help": "episodes: tasks, length, prompt, parsing"})
+    train: TrainParams = field(default_factory=TrainParams, metadata={"help": "GRPO trainer"})
+    lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapters"})
