@@ -1,0 +1,5 @@
+import sys
+
+from bgwork.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Command line: `bgwork run NOTEBOOK... [-f params/X.yaml] [-p key=value]...` (also `python -m bgwork run ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from bgwork.params import ParamsError, load_params, to_dict
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bgwork", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="execute notebooks headless into one run dir and render HTML reports")
+    run_p.add_argument("notebooks", nargs="+", help="number prefix (01), name (01_env_smoke_test) or path")
+    show_p = sub.add_parser("params", help="validate and print the resolved parameters")
+    for p in (run_p, show_p):
+        p.add_argument("-f", "--params", dest="params_file", help="params YAML file, e.g. params/smoke.yaml")
+        p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one value, e.g. -p train.learning_rate=1e-6 (repeatable; value read as YAML)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "params":
+            print(yaml.safe_dump(to_dict(load_params(args.params_file, args.overrides)), sort_keys=False), end="")
+            return 0
+        return _run(args)
+    except ParamsError as e:  # bad input: one clear line, no traceback, nothing written
+        return _usage_error(e)
+
+
+def _usage_error(e: Exception) -> int:
+    print(f"bgwork: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
+    from bgwork.runner import RunError, run  # papermill/nbconvert imports are slow: only when running
+
+    try:
+        result = run(args.notebooks, args.params_file, args.overrides)
+    except RunError as e:
+        return _usage_error(e)
+    print(f"\nrun dir: {result.run_dir}")
+    for nb in result.notebooks:
+        if nb.status == "failed":
+            print(f"FAILED {nb.name}: {nb.error}", file=sys.stderr)
+        if nb.report:
+            print(f"{nb.status:>7}  {nb.name}  report: {nb.report}")
+        elif nb.status == "failed":
+            print(f" failed  {nb.name}  (no report: the notebook did not start)")
+        else:
+            print(f"skipped  {nb.name}  (an earlier notebook failed)")
+    return 0 if result.ok else 1

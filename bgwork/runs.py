@@ -1,0 +1,156 @@
+"""Run directories: everything needed to reproduce and read a run, in one folder.
+
+    outputs/runs/<UTC-timestamp>__<notebook>__<params-name>/
+        params.yaml       the resolved parameters (defaults + file + overrides)
+        environment.json  git SHA + dirty flag, Python, key package versions, CPU/GPU
+        metrics.json      what notebooks recorded with record_metrics()
+        run.json          command, status (running/ok/failed) and per-notebook outcome (written by the runner)
+        <notebook>.ipynb / <notebook>.html / run.log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from bgwork.params import dump_yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KEY_PACKAGES = ["bgwork", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "browsergym-core",
+                "browsergym-miniwob", "playwright", "papermill", "nbconvert", "numpy", "pandas"]
+
+
+def runs_root() -> Path:
+    """`outputs/runs` of the project; BGWORK_RUNS_DIR moves it (tests use a temporary folder)."""
+    return Path(os.environ.get("BGWORK_RUNS_DIR") or PROJECT_ROOT / "outputs" / "runs")
+
+
+def new_run_dir(notebooks: list[str], params_name: str, root: Path | None = None) -> Path:
+    """A fresh `<UTC-timestamp>__<notebook[+notebook]>__<params-name>` folder (a suffix if that second is taken)."""
+    root = Path(root or runs_root())
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{stamp}__{'+'.join(notebooks)}__{params_name}"
+    for n in range(1, 100):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run directory under {root}")
+
+
+def start_run(notebooks: list[str], params, root: Path | None = None) -> Path:
+    """New run dir holding the resolved params and the environment description."""
+    run_dir = new_run_dir(notebooks, params.name, root)
+    dump_yaml(params, run_dir / "params.yaml")
+    write_json(run_dir / "environment.json", environment())
+    return run_dir
+
+
+def use_run_dir(run_dir: str | Path | None, notebook: str, params) -> Path:
+    """In a notebook: the runner's run dir, or (run interactively, run_dir=None) a fresh one of its own."""
+    if run_dir:
+        return Path(run_dir)
+    return start_run([notebook], params)
+
+
+def record_metrics(run_dir: str | Path, metrics: dict) -> dict:
+    """Merge `metrics` into run_dir/metrics.json and return the whole file's content.
+
+    Prefix keys by stage (e.g. "smoke/passed") so chained notebooks sharing a run dir don't collide.
+    """
+    path = Path(run_dir) / "metrics.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update({k: _plain(v) for k, v in metrics.items()})
+    write_json(path, merged)
+    return merged
+
+
+def record_metric(run_dir: str | Path, name: str, value) -> dict:
+    return record_metrics(run_dir, {name: value})
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data) -> None:
+    """Write through a temporary file so a reader (or a crash) never sees half a file."""
+    tmp = Path(path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def environment() -> dict:
+    return {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": _git(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in KEY_PACKAGES},
+        "cpu": {"model": _cpu_model(), "count": os.cpu_count(), "memory_gib": _memory_gib()},
+        "gpus": _gpus(),
+    }
+
+
+def _plain(value):
+    """numpy / torch scalars -> Python numbers, so metrics.json stays plain JSON."""
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=PROJECT_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git() -> dict:
+    sha = _run(["git", "rev-parse", "HEAD"])
+    status = _run(["git", "status", "--porcelain"])
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        import psutil
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        return None
+
+
+def _gpus() -> list[dict]:
+    # nvidia-smi rather than torch.cuda: importing torch costs seconds and this runs before every notebook.
+    out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+    if not out:
+        return []
+    keys = ["name", "memory", "driver"]
+    return [dict(zip(keys, (p.strip() for p in line.split(",")))) for line in out.splitlines()]
