@@ -1,0 +1,76 @@
+"""HTTP client of the envserver. Infrastructure failures raise; they are never turned into a reward of 0."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+
+class EnvError(RuntimeError):
+    """The server answered an error (status, code, message from its JSON body)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        self.status, self.code, self.message = status, code, message
+        super().__init__(f"envserver {status} {code}: {message}")
+
+
+class SessionLost(EnvError):
+    """The session's browser died: re-run the episode on a fresh reset."""
+
+
+class ServerUnavailable(EnvError):
+    """No answer from the server (down, unreachable, timed out)."""
+
+
+class EnvClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0):
+        token = token or os.environ.get("BGWORK_ENV_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+        try:
+            r = self._http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise ServerUnavailable(0, "unavailable", f"{type(e).__name__} calling {self.base_url}{path}: {e}") from e
+        if r.status_code < 400:
+            return r.json()
+        try:
+            err = r.json()["error"]
+            code, message = err["code"], err["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", r.text[:500]
+        cls = SessionLost if code == "session_lost" else ServerUnavailable if r.status_code in (502, 504) else EnvError
+        raise cls(r.status_code, code, message)
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def tasks(self) -> list[str]:
+        return self._call("GET", "/tasks")["tasks"]
+
+    def reset(self, task: str, seed: int | None = None, session_id: str | None = None,
+              include_screenshot: bool = False) -> dict:
+        """-> {session_id, observation, info}"""
+        body = {"task": task, "seed": seed, "session_id": session_id, "include_screenshot": include_screenshot}
+        return self._call("POST", "/reset", body)
+
+    def step(self, session_id: str, action: str, include_screenshot: bool = False) -> dict:
+        """-> {observation, reward, done, truncated, info}"""
+        return self._call("POST", "/step", {"session_id": session_id, "action": action,
+                                            "include_screenshot": include_screenshot})
+
+    def close(self, session_id: str) -> None:
+        self._call("POST", "/close", {"session_id": session_id})
+
+    def shutdown(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "EnvClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
