@@ -1,0 +1,71 @@
+"""Real checkpoint folders for cleanup/export tests: a tiny LFM2 saved with save_pretrained, a real AdamW
+state (one optimizer step) saved with torch.save, a real TrainerState log, as transformers' Trainer writes them.
+
+The model and optimizer files are built once per process and copied into each checkpoint (fast)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2_VOCAB = 49152
+
+
+def tiny_lfm2(vocab_size: int = SMOLLM2_VOCAB, hidden: int = 64, seed: int = 0):
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    config = Lfm2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                        layer_types=["conv", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+                        block_auto_adjust_ff_dim=False, max_position_embeddings=2048)
+    torch.manual_seed(seed)
+    return Lfm2ForCausalLM(config)
+
+
+@functools.lru_cache(maxsize=None)
+def _template(kind: str) -> Path:
+    """A checkpoint's model + optimizer/scheduler/RNG files, written once: kind 'full' or 'lora'."""
+    import torch
+
+    out = Path(tempfile.mkdtemp(prefix=f"bgwork-ckpt-template-{kind}-"))
+    model = tiny_lfm2()
+    if kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "in_proj"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    loss = model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
+    loss.backward()
+    opt.step()
+    sched.step()
+    model.save_pretrained(out)
+    torch.save(opt.state_dict(), out / "optimizer.pt")
+    torch.save(sched.state_dict(), out / "scheduler.pt")
+    torch.save({"python": 0, "cpu": torch.get_rng_state()}, out / "rng_state.pth")
+    torch.save({"learning_rate": 1e-4}, out / "training_args.bin")
+    return out
+
+
+def make_run(run_dir: Path, steps: list[int], rewards: list[float] | None = None, kind: str = "full") -> Path:
+    """A training output dir with checkpoint-<step> folders; rewards[i] is logged at steps[i]."""
+    from transformers import TrainerState
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rewards = rewards or [0.1 * (i + 1) for i in range(len(steps))]
+    history = []
+    for step, reward in zip(steps, rewards):
+        history.append({"step": step, "epoch": 0.0, "loss": 0.01, "reward": reward, "reward_std": 0.2,
+                        "success_rate": reward / 2})
+        ckpt = run_dir / f"checkpoint-{step}"
+        shutil.copytree(_template(kind), ckpt)
+        TrainerState(global_step=step, max_steps=max(steps), log_history=list(history)).save_to_json(
+            str(ckpt / "trainer_state.json"))
+    return run_dir
+
+
+def model_bytes(ckpt: Path) -> int:
+    return sum(p.stat().st_size for p in ckpt.iterdir() if p.suffix == ".safetensors")
