@@ -1,0 +1,99 @@
+"""Notebook 01's checks against a live env server; every HTTP call is timed.
+
+Per task: reset, a malformed action (must give last_action_error and reward 0), the scripted solution
+(must end the episode with reward > 0), close, and a step on the closed session (must be refused).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from bgwork.envclient import EnvClient, EnvError
+from bgwork.solvers import solve
+
+MALFORMED_ACTION = "click(13)"  # the original project's bug: the bid must be a quoted string, click('13')
+
+
+@dataclass
+class SmokeReport:
+    calls: list[dict] = field(default_factory=list)   # task, call, seconds
+    checks: list[dict] = field(default_factory=list)  # task, check, passed, detail
+
+    def check(self, task: str, name: str, passed: bool, detail: str = "") -> bool:
+        self.checks.append({"task": task, "check": name, "passed": bool(passed), "detail": detail[:300]})
+        return bool(passed)
+
+    def timed(self, task: str, call: str, fn, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.calls.append({"task": task, "call": call, "seconds": time.perf_counter() - start})
+
+
+def check_server(client: EnvClient, tasks: list[str], report: SmokeReport) -> dict:
+    """Health, and that every task to smoke-test is served."""
+    health = report.timed("-", "health", client.health)
+    report.check("-", "health", health.get("status") == "ok", str(health))
+    served = set(report.timed("-", "tasks", client.tasks))
+    missing = [t for t in tasks if t not in served]
+    report.check("-", "tasks served", not missing, f"missing: {missing}" if missing else f"{len(served)} tasks")
+    return health
+
+
+def check_task(client: EnvClient, task: str, seed: int, report: SmokeReport) -> None:
+    """One episode of `task`; an env error fails the task's checks but not the whole smoke test."""
+    session = None
+    try:
+        reset = report.timed(task, "reset", client.reset, task, seed)
+        session, obs = reset["session_id"], reset["observation"]
+        report.check(task, "reset", obs.get("goal") and obs.get("axtree_txt"), obs.get("goal", ""))
+
+        # Before solving: the episode is still open, and a parse error must not change the page.
+        bad = report.timed(task, "step_malformed", client.step, session, MALFORMED_ACTION)
+        error = bad["observation"]["last_action_error"]
+        report.check(task, "malformed action refused", error and bad["reward"] == 0 and not bad["done"],
+                     f"reward {bad['reward']}, error: {error}")
+
+        _solve(client, task, session, obs, report)
+
+        report.timed(task, "close", client.close, session)
+        session = None
+        report.check(task, "close", True)
+        _check_closed(client, task, reset["session_id"], report)
+    except EnvError as e:
+        report.check(task, "no env error", False, str(e))
+    finally:
+        if session is not None:
+            try:
+                client.close(session)
+            except EnvError:
+                pass
+
+
+def _solve(client: EnvClient, task: str, session: str, obs: dict, report: SmokeReport) -> None:
+    try:
+        actions = solve(task, obs)
+    except LookupError as e:  # the solver did not find its element on the page
+        report.check(task, "solved", False, f"solver: {e}")
+        return
+    if actions is None:
+        report.check(task, "solved", False, "no scripted solver for this task (bgwork.solvers)")
+        return
+    result = {"reward": 0.0, "done": False}
+    for action in actions:
+        result = report.timed(task, "step", client.step, session, action)
+        if result["done"]:
+            break
+    report.check(task, "solved", result["done"] and result["reward"] > 0,
+                 f"{len(actions)} actions {actions}, reward {result['reward']}, done {result['done']}")
+
+
+def _check_closed(client: EnvClient, task: str, session: str, report: SmokeReport) -> None:
+    try:
+        client.step(session, "noop()")
+    except EnvError as e:
+        report.check(task, "closed session refused", e.status == 404, str(e))
+        return
+    report.check(task, "closed session refused", False, "a step on a closed session was accepted")
