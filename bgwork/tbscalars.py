@@ -2,7 +2,8 @@
 
 A run is a run directory (e.g. outputs/runs/<name>); its event files may live anywhere below it
 (transformers writes them under the TensorBoard logging dir). Every point is kept: TensorBoard's
-EventAccumulator is given size guidance 0 for scalars (its default keeps a sample of 1,000).
+EventAccumulator is given size guidance 0 for scalars (its default keeps a reservoir sample of
+10,000 points per tag, silently dropping the rest of a long run).
 
 Tag names: transformers' TensorBoard callback writes TRL's metrics as `train/<name>` (`train/reward`,
 `train/entropy`, ...). The `train/` prefix is dropped so tags read as TRL names them; `eval/...` stays.
@@ -24,19 +25,23 @@ EVENT_GLOB = "events.out.tfevents.*"
 TRAIN_PREFIX = "train/"
 
 
-def find_runs(runs) -> list[Path]:
-    """Run dirs from a dir, a glob, or a list of either. A glob skips matches without event files."""
+def find_runs(runs, base: str | Path | None = None) -> list[Path]:
+    """Run dirs from a dir, a glob, or a list of either (relative ones under `base` when given).
+
+    A glob skips matches without event files (with a warning); a named dir without them is an error.
+    """
     items = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if not items:
         raise ValueError("no runs given: pass a run directory, a glob such as 'outputs/runs/*', or a list of them")
     found: list[Path] = []
     for item in items:
-        item = str(item)
+        item = str(Path(base) / item) if base is not None and not Path(item).is_absolute() else str(item)
         if glob.has_magic(item):
             matches = [Path(m) for m in sorted(glob.glob(item)) if Path(m).is_dir()]
             with_events = [m for m in matches if event_files(m)]
-            for m in sorted(set(matches) - set(with_events)):
-                log.warning("skipping %s (matched %r): no TensorBoard event files below it", m, item)
+            if len(with_events) < len(matches):
+                log.warning("%r: skipped %d of %d directories holding no TensorBoard event files",
+                            item, len(matches) - len(with_events), len(matches))
             if not with_events:
                 raise FileNotFoundError(f"glob {item!r} matched no directory holding TensorBoard event files "
                                         f"({len(matches)} directories matched)")
@@ -78,12 +83,12 @@ def read_event_file(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tag", "step", "value", "wall_time"])
 
 
-def load_scalars(runs) -> pd.DataFrame:
+def load_scalars(runs, base: str | Path | None = None) -> pd.DataFrame:
     """Tidy frame (run, tag, step, value) of every scalar of the given runs, sorted by run, tag, step.
 
     A step logged twice (a resumed run re-logs steps after its last checkpoint) keeps the latest write.
     """
-    dirs = find_runs(runs)
+    dirs = find_runs(runs, base)
     names = run_names(dirs)
     frames = []
     for d in dirs:
