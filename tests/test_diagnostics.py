@@ -1,0 +1,182 @@
+"""Diagnostics on synthetic TensorBoard runs that reproduce the original project's collapse (bug 5)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+from synthetic_tb import collapsed_run, healthy_run, write_run
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from bgwork import diagnostics as dx
+from bgwork.config import DiagnosticsParams, GuardParams
+from bgwork.guard import CollapseGuard
+from bgwork.runs import read_metrics
+from bgwork.tbscalars import load_scalars, wide
+
+P = DiagnosticsParams()
+
+
+@pytest.fixture(scope="module")
+def original_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root / "grpo-lr5e-6", collapsed_run())
+    write_run(root / "grpo-lr1e-6", healthy_run())
+    return root
+
+
+def test_reader_keeps_every_point_and_reads_trl_names(tmp_path):
+    # more points than EventAccumulator's default reservoir (10,000) keeps; TRL names with and without prefix
+    write_run(tmp_path / "long", {"entropy": {s: 2.0 for s in range(1, 12_001)}})
+    write_run(tmp_path / "long", {"reward": {1: 0.5}}, subdir="other")  # unprefixed below is written by hand
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(tmp_path / "long" / "third")) as w:
+        w.add_scalar("reward_std", 0.1, 1)
+    df = load_scalars(tmp_path / "long")
+    assert list(df.columns) == ["run", "tag", "step", "value"]
+    assert (df["tag"] == "entropy").sum() == 12_000
+    assert set(df["tag"]) == {"entropy", "reward", "reward_std"}
+    assert set(df["run"]) == {"long"}
+
+
+def test_reader_names_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_scalars(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*no TensorBoard event files"):
+        load_scalars(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="matched no directory"):
+        load_scalars(str(tmp_path / "*"))
+    with pytest.raises(ValueError, match="no runs given"):
+        load_scalars([])
+
+
+def test_glob_skips_dirs_without_event_files(original_runs, tmp_path, caplog):
+    (original_runs / "a-notebook-run").mkdir(exist_ok=True)
+    with caplog.at_level(logging.WARNING):
+        df = load_scalars(str(original_runs / "*"))
+    assert set(df["run"]) == {"grpo-lr5e-6", "grpo-lr1e-6"}
+    assert "skipped 1 of 3" in caplog.text
+
+
+def test_original_runs_collapsed_at_21_after_spike_and_healthy(original_runs):
+    df = load_scalars([original_runs / "grpo-lr5e-6", original_runs / "grpo-lr1e-6"])
+    verdicts = {v.run: v for v in dx.diagnose_runs(df, P)}
+    bad, good = verdicts["grpo-lr5e-6"], verdicts["grpo-lr1e-6"]
+    assert bad.summary == "collapsed at step 21"
+    collapse = next(f for f in bad.findings if f.kind == "collapsed")
+    assert collapse.data["preceding_spike"] == 20 and not collapse.data["recovered"]
+    assert [f.step for f in bad.findings if f.kind == "spike"] == [20]
+    deadlock = next(f for f in bad.findings if f.kind == "deadlocked")
+    assert (deadlock.step, deadlock.data["regime"], deadlock.data["until"]) == (21, "all solved", 52)
+    assert good.summary == "healthy" and good.findings == [] and good.last_step == 36
+
+    rec = dx.recommend(list(verdicts.values()), dx.peak_learning_rates(df))
+    bad_rec = " ".join(rec[rec["run"] == "grpo-lr5e-6"]["recommendation"])
+    assert "from 5e-06 to 1e-06 (a run at that rate stayed healthy)" in bad_rec
+    for setting in ["scale_rewards", "entropy_coef", "beta=", "more tasks in the curriculum"]:
+        assert setting in bad_rec
+    assert list(rec[rec["run"] == "grpo-lr1e-6"]["recommendation"]) == ["nothing to change"]
+
+
+def test_detectors_are_causal_so_live_and_offline_agree():
+    w = wide(_tidy(collapsed_run()), "r")
+    assert dx.diagnose(w.loc[:21], P).status == "healthy"  # entropy_patience=2: one low point is not yet a collapse
+    live = dx.diagnose(w.loc[:22], P)
+    assert live.summary == "collapsed at step 21"
+    assert live.findings[0].confirmed_step == 22
+
+
+@pytest.mark.parametrize("reward,regime,advice", [(0.0, "all failed", "reward_funcs=[]"),
+                                                  (0.5, "mixed", "num_generations")])
+def test_deadlock_regimes(reward, regime, advice):
+    steps = range(1, 13)
+    run = {"reward": {s: reward for s in steps}, "reward_std": {s: 0.0 for s in steps},
+           "frac_reward_zero_std": {s: 1.0 for s in steps}, "entropy": {s: 2.0 for s in steps}}
+    v = dx.diagnose(wide(_tidy(run), "r"), P, "r")
+    assert v.summary == "deadlocked from step 1" and v.findings[0].data["regime"] == regime
+    assert advice in " ".join(dx.recommend([v])["recommendation"])
+
+
+def test_plateau_and_thresholds_come_from_params():
+    run = {"reward": {s: 0.3 for s in range(1, 41)}, "entropy": {s: 2.0 for s in range(1, 41)}}
+    assert dx.diagnose(wide(_tidy(run), "r"), P).summary == "plateau from step 26"
+    strict = DiagnosticsParams(entropy_floor=2.5)  # every point below the floor: collapsed from the start
+    assert dx.diagnose(wide(_tidy(run), "r"), strict).summary == "collapsed at step 1"
+
+
+def test_runs_of_different_lengths_and_missing_tags(original_runs, tmp_path):
+    write_run(tmp_path / "short-no-entropy", {"reward": {s: 0.2 for s in range(1, 6)},
+                                              "reward_std": {s: 0.3 for s in range(1, 6)}})
+    write_run(tmp_path / "loss-only", {"loss": {1: 0.1, 2: 0.1}})
+    df = load_scalars([original_runs / "grpo-lr5e-6", tmp_path / "short-no-entropy", tmp_path / "loss-only"])
+    verdicts = {v.run: v for v in dx.diagnose_runs(df, P)}
+    assert verdicts["grpo-lr5e-6"].summary == "collapsed at step 21"
+    short = verdicts["short-no-entropy"]
+    assert short.status == "healthy" and short.last_step == 5
+    assert {"entropy", "frac_reward_zero_std", "grad_norm"} <= set(short.missing)
+    assert verdicts["loss-only"].status == "no data" and "entropy" in verdicts["loss-only"].reason
+    table = dx.verdict_table(list(verdicts.values()))
+    assert "entropy" in table.set_index("run").loc["short-no-entropy", "not logged"]
+    cov = dx.coverage_table(df).set_index("run")
+    assert cov.loc["short-no-entropy", "last step"] == 5 and cov.loc["grpo-lr5e-6", "last step"] == 52
+    rec = dx.recommend(list(verdicts.values()))
+    assert rec["finding"].str.startswith("not logged").any()
+    fig = dx.plot_runs(df, list(verdicts.values()))
+    assert len(fig.axes) == 6
+
+
+def test_guard_stops_on_live_collapse_and_records_why(tmp_path, caplog):
+    """The callback itself, fed the collapsed run's logs one step at a time as Trainer.log would."""
+    guard = CollapseGuard(DiagnosticsParams(), GuardParams(mode="stop"), run_dir=tmp_path)
+    args, state = TrainingArguments(output_dir=str(tmp_path / "ckpt"), report_to=[]), TrainerState()
+    guard.on_train_begin(args, state, TrainerControl())
+    stopped_at = None
+    run = _by_step(collapsed_run())
+    with caplog.at_level(logging.WARNING, logger="bgwork.guard"):
+        for step, logs in run.items():
+            state.global_step, control = step, TrainerControl()
+            guard.on_log(args, state, control, logs=logs)
+            if control.should_training_stop:
+                assert control.should_save
+                stopped_at = step
+                break
+    assert stopped_at == 22  # collapse at 21 is confirmed by the second low point
+    metrics = read_metrics(tmp_path)
+    assert metrics["guard/stopped"] is True and metrics["guard/stopped_at_step"] == 22
+    assert metrics["guard/reason"].startswith("collapsed at step 21")
+    assert any("spike" in w for w in metrics["guard/warnings"])  # the step-20 spike was warned about first
+    assert "stopping training at step 22" in caplog.text
+
+
+def test_guard_warn_mode_never_stops_and_off_does_nothing(tmp_path):
+    for mode in ["warn", "off"]:
+        d = tmp_path / mode
+        guard = CollapseGuard(guard=GuardParams(mode=mode), run_dir=d)
+        args, state = TrainingArguments(output_dir=str(d), report_to=[]), TrainerState()
+        guard.on_train_begin(args, state, TrainerControl())
+        for step, logs in _by_step(collapsed_run()).items():
+            state.global_step, control = step, TrainerControl()
+            guard.on_log(args, state, control, logs=logs)
+            assert not control.should_training_stop
+        metrics = read_metrics(d)
+        if mode == "warn":
+            assert metrics["guard/stopped"] is False
+            assert [w.split(": ")[1] for w in metrics["guard/warnings"]] == ["spike", "collapsed", "deadlocked",]
+        else:
+            assert metrics == {} and guard.history == []
+    with pytest.raises(ValueError, match="guard.mode"):
+        CollapseGuard(guard=GuardParams(mode="halt"))
+
+
+def _tidy(run: dict[str, dict[int, float]], name: str = "r") -> pd.DataFrame:
+    return pd.DataFrame([{"run": name, "tag": t, "step": s, "value": v} for t, pts in run.items() for s, v in pts.items()])
+
+
+def _by_step(run: dict[str, dict[int, float]]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for tag, points in run.items():
+        for step, value in points.items():
+            out.setdefault(step, {})[tag] = value
+    return dict(sorted(out.items()))
