@@ -55,12 +55,15 @@ class RunResult:
 
 
 def find_notebook(spec: str, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """`01`, `01_env_smoke_test`, `01_env_smoke_test.py` or a path -> the notebook's file."""
+    """`01`, `01_env_smoke_test`, `01_env_smoke_test.py` or a path (.py or .ipynb) -> the notebook's file.
+
+    Only the `.py` sources in notebooks/ count (notebooks/README.md): a local .ipynb copy is not ambiguous.
+    """
     path = Path(spec)
     if path.suffix in (".py", ".ipynb") and path.is_file():
         return path
     stem = path.stem if path.suffix in (".py", ".ipynb") else spec
-    known = sorted(notebook_dir.glob("[0-9]*.py")) + sorted(notebook_dir.glob("[0-9]*.ipynb"))
+    known = sorted(notebook_dir.glob("[0-9]*.py"))
     hits = [p for p in known if p.stem == stem or p.stem.split("_", 1)[0] == stem]
     if len(hits) == 1:
         return hits[0]

@@ -95,6 +95,6 @@ record_metrics(run_dir, {
     **{f"smoke/{call}_seconds_mean": s for call, s in latency["mean"].items()},
 })
 failed = checks[~checks.passed]
-print(f"PASS: all {len(checks)} checks passed" if passed else f"FAIL: {len(failed)} of {len(checks)} checks failed")
 if not passed:
-    raise AssertionError("smoke test failed:\n" + failed.to_string(index=False))
+    raise AssertionError(f"smoke test FAILED {len(failed)} of {len(checks)} checks:\n{failed.to_string(index=False)}")
+print(f"PASS: all {len(checks)} checks passed")
