@@ -49,6 +49,8 @@ class DiagnosticsParams:
     logging_steps > 1 the window spans k * logging_steps optimizer steps.
     """
 
+    runs: list[str] = _f(["outputs/runs/*"], "notebook 04: run dirs or globs to diagnose (relative to the project root; a glob skips dirs without TensorBoard files); [] = the notebook's own run dir, for `bgwork run 02 04`")
+    write_back: bool = _f(True, "notebook 04: also record each run's verdict in that run's own metrics.json")
     entropy_floor: float = _f(0.1, "collapse: mean token entropy (nats) below this is collapsed, whatever the start", min=0.0)
     entropy_frac: float = _f(0.2, "collapse: entropy below this fraction of its early median is collapsed", min=0.0, max=1.0)
     entropy_early_steps: int = _f(5, "collapse: the first N logged points give the early median (the fraction test starts after them)", min=1)

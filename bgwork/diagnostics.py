@@ -308,6 +308,24 @@ def record_verdicts(verdicts: list[Verdict], run_dir, run_dirs: dict[str, str] |
                                              "diagnostics/step": v.step, "diagnostics/reason": v.reason})
 
 
+def guard_summary(run_dir) -> dict:
+    """What the live guard (bgwork.guard) recorded in a run's metrics.json."""
+    from bgwork.runs import read_metrics
+
+    return {k: v for k, v in read_metrics(run_dir).items() if k.startswith("guard/")}
+
+
+def guard_table(run_dirs: dict[str, str]) -> pd.DataFrame:
+    """Per run: whether the live guard ran, stopped training, why, and what it warned about."""
+    rows = []
+    for run, path in run_dirs.items():
+        g = guard_summary(path)
+        rows.append({"run": run, "guard": g.get("guard/mode", "did not run"), "stopped": g.get("guard/stopped", "-"),
+                     "at step": g.get("guard/stopped_at_step", "-"), "reason": g.get("guard/reason", "-"),
+                     "warnings": " | ".join(g.get("guard/warnings", [])) or "-"})
+    return pd.DataFrame(rows)
+
+
 EVENT_STYLE = {"collapsed": dict(ls="--", lw=1.6), "deadlocked": dict(alpha=0.12), "plateau": dict(alpha=0.06),
                "spike": dict(marker="X", s=80, zorder=5)}
 

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from bgwork.config import DiagnosticsParams, GuardParams
 from bgwork.diagnostics import diagnose
-from bgwork.runs import read_metrics, record_metrics
+from bgwork.runs import record_metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,3 @@ class CollapseGuard(TrainerCallback):
             self.run_dir.mkdir(parents=True, exist_ok=True)
             record_metrics(self.run_dir, metrics)
 
-
-def guard_summary(run_dir: str | Path) -> dict:
-    """What the guard recorded in a run's metrics.json (for reports)."""
-    return {k: v for k, v in read_metrics(run_dir).items() if k.startswith("guard/")}

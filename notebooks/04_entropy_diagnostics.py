@@ -1,12 +1,11 @@
 # ---
 # jupyter:
 #   jupytext:
-#     formats: ipynb,py:percent
 #     text_representation:
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: bgwork
+#     display_name: Python (bgwork)
 #     language: python
 #     name: bgwork
 # ---
@@ -19,28 +18,29 @@
 # (every rollout of every group scored alike, so GRPO's advantages were 0 and nothing was learned), or
 # **plateau**. The original project found its collapse (LR 5e-6: grad_norm 10.7 at step 20, entropy 2 → 0.04 at
 # step 21) by reading logs after 52 wasted steps; the same detectors run live during training as
-# `bgwork.guard.CollapseGuard`. Needs: run directories with TensorBoard event files (notebook 02's output).
+# `bgwork.guard.CollapseGuard`. Needs: run directories with TensorBoard event files (training's output), named
+# by `diagnostics.runs` (dirs or globs, relative to the project root), e.g.
+# `bgwork run 04 -p 'diagnostics.runs=[outputs/runs/*__02_train__*]'`; `diagnostics.runs=[]` diagnoses the
+# notebook's own run dir (chained after training: `bgwork run 02 04 -p diagnostics.runs=[]`).
 
 # %% tags=["parameters"]
-runs = "outputs/runs/*"  # a run dir, a glob, or a list of them; relative to the project root
-diagnostics = {}  # overrides of bgwork.config.DiagnosticsParams (thresholds)
-write_back = True  # also record each run's verdict in that run's own metrics.json
-run_dir = None  # set by the runner; None: a fresh run dir of this notebook
+name = "diagnostics"
+diagnostics = {}  # bgwork.config.DiagnosticsParams: runs (dirs or globs), write_back, detector thresholds
+run_dir = None
 
 # %%
 import pandas as pd
 
 from bgwork import diagnostics as dx
-from bgwork.guard import guard_summary
 from bgwork.params import load_params
 from bgwork.runs import PROJECT_ROOT, use_run_dir
 from bgwork.tbscalars import load_scalars
 
-params = load_params(diagnostics=diagnostics)
+params = load_params(name=name, diagnostics=diagnostics)
 p = params.diagnostics
 run_dir = use_run_dir(run_dir, "04_entropy_diagnostics", params)
 pd.set_option("display.max_colwidth", None)
-print(f"run dir: {run_dir}\nthresholds: {p}")
+print(f"run dir: {run_dir}\nruns: {p.runs}\nthresholds: {p}")
 
 # %% [markdown]
 # ## The runs
@@ -48,7 +48,7 @@ print(f"run dir: {run_dir}\nthresholds: {p}")
 # metrics they logged; a missing metric only skips the detectors that need it.
 
 # %%
-scalars = load_scalars(runs, base=PROJECT_ROOT)
+scalars = load_scalars(p.runs or [run_dir], base=PROJECT_ROOT)
 dx.coverage_table(scalars)
 
 # %% [markdown]
@@ -82,8 +82,8 @@ recommendations
 # ## What the live guard said during training (if it ran)
 
 # %%
-pd.DataFrame([{"run": name, **guard_summary(path)} for name, path in scalars.attrs["run_dirs"].items()])
+dx.guard_table(scalars.attrs["run_dirs"])
 
 # %%
-dx.record_verdicts(verdicts, run_dir, scalars.attrs["run_dirs"] if write_back else None, recommendations)
+dx.record_verdicts(verdicts, run_dir, scalars.attrs["run_dirs"] if p.write_back else None, recommendations)
 {v.run: v.summary for v in verdicts}
