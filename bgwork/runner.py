@@ -18,6 +18,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
+from jupyter_client.kernelspec import NoSuchKernel
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
@@ -115,6 +116,11 @@ def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> Non
         nb.status = "ok"
     except papermill.PapermillExecutionError as e:
         nb.status, nb.error = "failed", f"{e.ename}: {e.evalue}"
+    except NoSuchKernel:
+        nb.status, nb.error = "failed", (f"NoSuchKernel: no Jupyter kernel named '{KERNEL}'; run `bash scripts/setup.sh` "
+                                         f"(or: {sys.executable} -m ipykernel install --sys-prefix --name {KERNEL})")
+    except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; record it and stop the chain
+        nb.status, nb.error = "failed", "KeyboardInterrupt: interrupted by the user"
     except Exception as e:  # kernel died or never started: still report what there is
         nb.status, nb.error = "failed", f"{type(e).__name__}: {e}"
     nb.seconds = round(time.monotonic() - start, 1)

@@ -168,3 +168,12 @@ def test_progress_is_a_throttled_text_bar_headless(monkeypatch):
     bar = progress.progress(range(3))
     assert type(bar).__module__ == "tqdm.std" and bar.mininterval == progress.HEADLESS_MININTERVAL
     assert list(bar) == [0, 1, 2]
+
+
+def test_interactive_notebook_gets_its_own_run_dir(tmp_path, monkeypatch):
+    from bgwork.params import load_params
+    monkeypatch.setenv("BGWORK_RUNS_DIR", str(tmp_path / "runs"))
+    d = runs.use_run_dir(None, "01_env_smoke_test", load_params(name="lab"))
+    assert d.parent == tmp_path / "runs" and d.name.endswith("__01_env_smoke_test__lab")
+    assert (d / "params.yaml").exists() and (d / "environment.json").exists()
+    assert runs.use_run_dir(str(d), "01_env_smoke_test", load_params()) == d  # the runner's dir is kept
