@@ -5,6 +5,9 @@ grad_norm, ...) to a history and runs `bgwork.diagnostics.diagnose` on it. A fin
 time is logged as a warning and recorded in the run's metrics.json under `guard/...`; in mode "stop" a
 finding whose kind is in `GuardParams.stop_on` also saves a checkpoint and stops training cleanly, so a
 collapsed or deadlocked run does not burn the rest of its steps (the original project lost 52).
+
+Under data parallelism every rank runs the detectors: TRL logs metrics gathered over all ranks, so every
+rank reaches the same decision and stops at the same step; only rank 0 writes and warns.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from transformers import TrainerCallback
 
 from bgwork.config import DiagnosticsParams, GuardParams
 from bgwork.diagnostics import diagnose
-from bgwork.runs import record_metrics
+from bgwork.runs import read_metrics, record_metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,27 @@ class CollapseGuard(TrainerCallback):
         self.warnings: list[str] = []  # the lines a report shows
         self.stop_reason: str | None = None
         self._seen: set = set()
+        self._main = True  # rank 0 of a distributed run (only it warns and writes)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.run_dir = self.run_dir or Path(args.output_dir)
-        if self.params.mode != "off":
-            self._record({"guard/mode": self.params.mode, "guard/stopped": False})
+        self._main = state.is_world_process_zero
+        if self.params.mode == "off":
+            return
+        for logs in state.log_history:  # resumed from a checkpoint: the detectors see the steps before it too
+            self._append(logs.get("step", 0), logs)
+        if self._main:
+            earlier = {k: v for k, v in read_metrics(self.run_dir).items() if k.startswith("guard/")}
+            self._record({"guard/mode": self.params.mode, "guard/stopped": False, "guard/reason": None,
+                          "guard/stopped_at_step": None, "guard/warnings": [], "guard/finding": None,
+                          **({"guard/before_resume": earlier} if earlier.get("guard/stopped") else {})})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.params.mode == "off" or not logs or not state.is_world_process_zero:
+        if self.params.mode == "off" or not logs:
             return
-        row = {k: float(v) for k, v in logs.items()
-               if isinstance(v, (int, float)) and not k.startswith(("eval_", "test_"))}
-        if not row:
+        self._main = state.is_world_process_zero
+        if not self._append(state.global_step, logs):
             return
-        self.history.append({"step": state.global_step, **row})
         verdict = diagnose(self.frame(), self.diagnostics, run="live")
         for finding in verdict.findings:
             key = (finding.kind, finding.step) if finding.kind == "spike" else finding.kind
@@ -59,21 +69,32 @@ class CollapseGuard(TrainerCallback):
             if self.params.mode == "stop" and finding.kind in self.params.stop_on and self.stop_reason is None:
                 self._stop(finding, state, control)
 
+    def _append(self, step: int, logs: dict) -> bool:
+        row = {k: float(v) for k, v in logs.items()
+               if isinstance(v, (int, float)) and k != "step" and not k.startswith(("eval_", "test_"))}
+        if row:
+            self.history.append({"step": step, **row})
+        return bool(row)
+
     def frame(self) -> pd.DataFrame:
         """The live history as the detectors read it: step-indexed, one column per metric."""
         return pd.DataFrame(self.history).groupby("step").last().sort_index()
 
     def _warn(self, line: str) -> None:
-        log.warning("CollapseGuard: %s", line)
         self.warnings.append(line)
+        if not self._main:
+            return
+        log.warning("CollapseGuard: %s", line)
         self._record({"guard/warnings": self.warnings})
 
     def _stop(self, finding, state, control) -> None:
         self.stop_reason = f"{finding.kind} at step {finding.step}: {finding.detail}"
-        log.warning("CollapseGuard: stopping training at step %d and saving a checkpoint (%s)",
-                    state.global_step, self.stop_reason)
         control.should_save = True
         control.should_training_stop = True
+        if not self._main:
+            return
+        log.warning("CollapseGuard: stopping training at step %d and saving a checkpoint (%s)",
+                    state.global_step, self.stop_reason)
         self._record({"guard/stopped": True, "guard/stopped_at_step": state.global_step,
                       "guard/reason": self.stop_reason, "guard/finding": asdict(finding)})
 

@@ -150,6 +150,29 @@ def test_guard_stops_on_live_collapse_and_records_why(tmp_path, caplog):
     assert "stopping training at step 22" in caplog.text
 
 
+def test_guard_resumed_from_a_checkpoint_sees_the_steps_before_it(tmp_path):
+    run = _by_step(collapsed_run())
+    first = CollapseGuard(DiagnosticsParams(deadlock_patience=40), GuardParams(mode="stop", stop_on=["spike"]),
+                          run_dir=tmp_path)
+    args, state = TrainingArguments(output_dir=str(tmp_path), report_to=[]), TrainerState()
+    first.on_train_begin(args, state, TrainerControl())
+    for step in range(1, 21):
+        state.global_step = step
+        state.log_history.append({**run[step], "step": step})  # what Trainer keeps and checkpoints
+        first.on_log(args, state, control := TrainerControl(), logs=run[step])
+    assert control.should_training_stop and first.stop_reason.startswith("spike at step 20")
+
+    resumed = CollapseGuard(DiagnosticsParams(), GuardParams(mode="stop"), run_dir=tmp_path)
+    resumed.on_train_begin(args, state, TrainerControl())
+    assert read_metrics(tmp_path)["guard/before_resume"]["guard/stopped_at_step"] == 20  # the first stop is kept
+    for step in (21, 22):
+        state.global_step = step
+        resumed.on_log(args, state, control := TrainerControl(), logs=run[step])
+    # the early entropy median and the step-20 spike come from the history before the resume
+    assert control.should_training_stop
+    assert "preceded by a grad_norm spike of 10.7 at step 20" in read_metrics(tmp_path)["guard/reason"]
+
+
 def test_guard_warn_mode_never_stops_and_off_does_nothing(tmp_path):
     for mode in ["warn", "off"]:
         d = tmp_path / mode
