@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,20 +87,26 @@ def run(specs: list[str], params_file: str | None = None, overrides=(), root: Pa
     params = load_params(params_file, overrides)  # raises ParamsError before anything is written
     result = RunResult(start_run([p.stem for p in paths], params, root))
     result.notebooks = [NotebookResult(p.stem, str(p)) for p in paths]
-    status = {"command": sys.argv, "params_file": params_file, "overrides": list(overrides),
-              "started_utc": _now(), "status": "running"}
-    write_json(result.run_dir / "run.json", {**status, "notebooks": [vars(nb) for nb in result.notebooks]})
+    command = ["bgwork", "run", *specs, *(["-f", str(params_file)] if params_file else []),
+               *[arg for item in overrides for arg in ("-p", item)]]
+    status = {"command": shlex.join(command), "started_utc": _now(), "status": "running"}
+    _write_status(result, status)
 
     with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1"}):
         log.info("run dir: %s", result.run_dir)
         for path, nb in zip(paths, result.notebooks):
             _execute(path, nb, result.run_dir, to_dict(params))
-            write_json(result.run_dir / "run.json", {**status, "notebooks": [vars(n) for n in result.notebooks]})
+            _write_status(result, status)
             if nb.status != "ok":
                 break
     status.update(status="ok" if result.ok else "failed", finished_utc=_now())
-    write_json(result.run_dir / "run.json", {**status, "notebooks": [vars(nb) for nb in result.notebooks]})
+    _write_status(result, status)
     return result
+
+
+def _write_status(result: RunResult, status: dict) -> None:
+    """run.json: a run dir left "running" by a crash reads as unfinished, never as a success."""
+    write_json(result.run_dir / "run.json", {**status, "notebooks": [vars(nb) for nb in result.notebooks]})
 
 
 def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> None:
