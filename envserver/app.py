@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
@@ -204,6 +205,13 @@ def _install_guards(app: FastAPI, settings: ServerSettings, metrics: Metrics) ->
     async def invalid_body(request: Request, e: RequestValidationError):
         problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
         return _error(422, "invalid_request", "; ".join(problems)[:2000])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400 and "parsing the body" in str(e.detail):  # undecodable JSON (e.g. not UTF-8)
+            return _error(422, "invalid_request", "request body is not valid JSON text")
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(e.status_code, codes.get(e.status_code, f"http_{e.status_code}"), str(e.detail))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):

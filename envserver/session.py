@@ -108,8 +108,13 @@ class _ReusableEnv(BrowserEnv):
         return self._get_obs(), {"task_info": task_info}
 
     def close(self):
-        super().close()
-        self.browser = None
+        """Close what is there, piece by piece: after a crash some pieces raise, the rest must still go."""
+        for name in ("task", "context", "browser"):
+            obj = getattr(self, name)
+            if obj is not None:
+                _quietly(obj.teardown if name == "task" else obj.close)
+            setattr(self, name, None)
+        self.page, self.chat = None, None
 
 
 _PAGE_ACTIVATION_JS = "\n".join(
@@ -226,7 +231,7 @@ class BrowserSession:
     def relaunch(self) -> None:
         """After a lost browser: drop it (in its thread) so the next reset launches a fresh one."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((lambda env: (_quietly(env.close), setattr(env, "task", None)), fut))
+        self._jobs.put((lambda env: env.close(), fut))
         fut.result(timeout=self.settings.call_timeout)
         self.lost = False
 

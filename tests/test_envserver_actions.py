@@ -1,0 +1,114 @@
+"""Untrusted action strings: parsed, never evaluated; hostile ones never reach the browser or the host."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from envserver.actions import MAX_ACTION_CHARS, ActionError, parse_action
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("click('13')", "click('13')"),
+    ('click("13")', "click('13')"),
+    ("  fill('4', \"it's\")  ", "fill('4', \"it's\")"),
+    ("scroll(0, -200.5)", "scroll(0, -200.5)"),
+    ("click('a', button='right', modifiers=['Shift'])", "click('a', button='right', modifiers=['Shift'])"),
+    ("noop()", "noop()"),
+    ("send_msg_to_user('done')", "send_msg_to_user('done')"),
+])
+def test_valid_actions_are_reserialised(text, canonical):
+    assert parse_action(text).to_code() == canonical
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("click(13)", "must be a quoted string, e.g. click('13')"),
+    ("fill(4, 'x')", "must be a quoted string"),
+    ("goto('file:///etc/passwd')", "unknown action 'goto'"),
+    ("upload_file('3', '/etc/passwd')", "unknown action"),
+    ("click('1'); click('2')", "not a single"),
+    ("click('1')\nclick('2')", "not a single"),
+    ("", "empty action"),
+    ("click", "exactly one call"),
+    ("click(x)", "literal"),
+    ("click('1' + '3')", "literal"),
+    ("click(*['13'])", "*args"),
+    ("click(**{'bid': '13'})", "*args"),
+    ("click('13', colour='red')", "unexpected keyword"),
+    ("click()", "missing a required argument"),
+    ("scroll('up', 3)", "must be a number"),
+    ("fill('4', 5)", "must be a quoted string"),
+    ("x" * (MAX_ACTION_CHARS + 1), "at most"),
+    ("click('\udc80')", "not valid UTF-8"),
+])
+def test_rejected_actions_say_why(text, fragment):
+    with pytest.raises(ActionError, match=None) as info:
+        parse_action(text)
+    assert fragment in str(info.value)
+
+
+def hostile(marker: str) -> list[str]:
+    """Each would create `marker` if any part of it were executed as Python or shell."""
+    q = repr(marker)
+    return [
+        f"__import__('os').system('touch {marker}')",
+        f"open({q}, 'w')",
+        f"click(open({q}, 'w'))",
+        f"click(__import__('pathlib').Path({q}).touch())",
+        f"click('1') or __import__('os').system('touch {marker}')",
+        f"import os; os.system('touch {marker}')",
+        f"exec(\"open({q}, 'w')\")",
+        f"eval(\"open({q}, 'w')\")",
+        f"click([open({q}, 'w') for _ in '1'])",
+        f"click(lambda: open({q}, 'w'))",
+        f"click((1).__class__.__bases__[0].__subclasses__())",
+        f"page.evaluate(\"require('fs').writeFileSync('{marker}', '')\")",
+        f"click('13'); open({q}, 'w')",
+        f"click(f'{{open({q}, \"w\")}}')",
+        f"keyboard_type(__builtins__)",
+        f"noop(wait_ms=__import__('os').system('touch {marker}'))",
+        "click(" * 500 + ")" * 500,  # nested calls deep enough to trouble a recursive parser
+        "A" * 100_000,
+    ]
+
+
+def test_hostile_strings_are_rejected_unexecuted(tmp_path):
+    marker = tmp_path / "pwned"
+    for text in hostile(str(marker)):
+        with pytest.raises(ActionError):
+            parse_action(text)
+    assert not marker.exists()
+
+
+def test_hostile_strings_over_http_never_run(envserver, client, tmp_path):
+    marker = tmp_path / "pwned"
+    sid = client.reset("click-test", seed=0)["session_id"]
+    try:
+        for text in hostile(str(marker)):
+            r = httpx.post(f"{envserver.url}/step", json={"session_id": sid, "action": text}, timeout=60)
+            if r.status_code == 413:  # the 100k-character body is refused before parsing
+                continue
+            assert r.status_code == 200, (text[:80], r.text[:300])
+            body = r.json()
+            assert body["reward"] == 0.0 and body["done"] is False
+            assert body["observation"]["last_action_error"].startswith("InvalidAction:"), text[:80]
+            assert body["info"]["action_valid"] is False
+        # raw bytes that are not UTF-8 at all: a malformed body, not a server error
+        r = httpx.post(f"{envserver.url}/step", content=b'{"session_id": "' + sid.encode() + b'", "action": "\xff\xfe"}',
+                       headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 422, r.text
+        # the session still works afterwards, and nothing ran on the host
+        assert client.step(sid, "click('13')")["reward"] == 1.0
+    finally:
+        client.close(sid)
+    assert not marker.exists()
+
+
+def test_unquoted_bid_error_tells_the_caller(client):
+    sid = client.reset("click-test", seed=0)["session_id"]
+    try:
+        out = client.step(sid, "click(13)")
+        assert out["reward"] == 0.0 and not out["done"]
+        assert "bid must be a quoted string, e.g. click('13')" in out["observation"]["last_action_error"]
+    finally:
+        client.close(sid)
