@@ -63,7 +63,7 @@ class DiagnosticsParams:
     spike_factor: float = _f(5.0, "spike: grad_norm >= this x rolling median of the previous points", min=1.0)
     spike_window: int = _f(10, "spike: how many previous logged points the rolling median uses", min=1)
     spike_min_history: int = _f(3, "spike: previous points needed before spikes are judged", min=1)
-    spike_median_floor: float = _f(1e-3, "spike: rolling median floored here so near-zero grads (no signal) don't make every blip a spike", min=0.0)
+    spike_median_floor: float = _f(0.01, "spike: rolling median floored here so near-zero grads (no signal) don't make every blip a spike", min=0.0)
     spike_lead_steps: int = _f(3, "a spike up to this many steps before a collapse is reported as preceding it", min=1)
     plateau_window: int = _f(15, "plateau: compare the mean reward of the last N logged points with the N before", min=2)
     plateau_min_gain: float = _f(0.02, "plateau: a gain below this between the two windows is a plateau", min=0.0)

@@ -107,20 +107,20 @@ def detect_deadlock(w: pd.DataFrame, p: DiagnosticsParams) -> list[Finding]:
         dead |= (frac.reindex(idx) >= p.zero_std_frac).fillna(False)
     if std is not None:
         dead |= (std.reindex(idx) <= p.reward_std_eps).fillna(False)
-    stretches = _runs_of_true(dead, p.deadlock_patience)
-    if not stretches:
-        return []
-    first, last = stretches[0]
-    step, end = int(idx[first]), int(idx[last])
     reward = _series(w, REWARD)
+    return [_deadlock(idx, first, last, reward, p) for first, last in _runs_of_true(dead, p.deadlock_patience)]
+
+
+def _deadlock(idx: pd.Index, first: int, last: int, reward: pd.Series | None, p: DiagnosticsParams) -> Finding:
+    step, end, ongoing = int(idx[first]), int(idx[last]), last == len(idx) - 1
     level = float(reward.loc[step:end].mean()) if reward is not None and len(reward.loc[step:end]) else None
     regime = classify_regime(level, p)
-    until = f"to step {end} (the last logged)" if last == len(idx) - 1 else f"until step {end}"
+    until = f"to step {end} (the last logged)" if ongoing else f"until step {end}, then the groups disagreed again"
     shown = f"{level:.3g}" if level is not None else "not logged"
     detail = (f"every group's rewards identical ({regime}: mean reward {shown}) from step {step} {until}; "
               f"advantages are 0, nothing is learned")
-    return [Finding("deadlocked", step, detail, int(idx[first + p.deadlock_patience - 1]),
-                    {"regime": regime, "reward": level, "until": end})]
+    return Finding("deadlocked", step, detail, int(idx[first + p.deadlock_patience - 1]),
+                   {"regime": regime, "reward": level, "until": end, "ongoing": ongoing})
 
 
 def classify_regime(reward: float | None, p: DiagnosticsParams) -> str:
@@ -179,9 +179,13 @@ def diagnose(w: pd.DataFrame, p: DiagnosticsParams, run: str = "run") -> Verdict
         if f.kind == "collapsed" and (s := preceding_spike(spikes, f.step, p)):
             f.data["preceding_spike"] = s.step
             f.detail += f"; preceded by a grad_norm spike of {s.data['grad_norm']:.3g} at step {s.step}"
-    main = next((f for kind in SEVERITY for f in findings if f.kind == kind), None)
+    # a deadlock that ended on its own is reported, but the verdict is about where the run ended up
+    main = next((f for kind in SEVERITY for f in findings
+                 if f.kind == kind and not (kind == "deadlocked" and not f.data["ongoing"])), None)
     if main is None:
-        reason = "no collapse, deadlock or plateau" + (f"; {len(spikes)} grad_norm spike(s)" if spikes else "")
+        reason = "; ".join(["no collapse, ongoing deadlock or plateau"]
+                           + [f"{len(spikes)} grad_norm spike(s)"] * bool(spikes)
+                           + [f"earlier: {f.detail}" for f in deadlocks])
         return Verdict(run, "healthy", None, reason, _last_step(w), findings, missing)
     others = [f.detail for f in findings if f is not main and f.kind != "spike"]
     reason = "; ".join([main.detail] + [f"also: {o}" for o in others])

@@ -61,7 +61,7 @@ class CollapseGuard(TrainerCallback):
             return
         verdict = diagnose(self.frame(), self.diagnostics, run="live")
         for finding in verdict.findings:
-            key = (finding.kind, finding.step) if finding.kind == "spike" else finding.kind
+            key = finding.kind if finding.kind in ("collapsed", "plateau") else (finding.kind, finding.step)
             if key in self._seen:
                 continue
             self._seen.add(key)

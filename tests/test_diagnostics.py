@@ -99,6 +99,16 @@ def test_deadlock_regimes(reward, regime, advice):
     assert advice in " ".join(dx.recommend([v])["recommendation"])
 
 
+def test_a_deadlock_that_ended_is_reported_but_the_verdict_follows_the_end():
+    steps = range(1, 31)  # all failed for 10 steps (a hard start), then successes appear and groups disagree
+    run = {"reward": {s: 0.0 if s <= 10 else 0.1 + 0.02 * s for s in steps},
+           "frac_reward_zero_std": {s: 1.0 if s <= 10 else 0.3 for s in steps}, "entropy": {s: 2.0 for s in steps}}
+    v = dx.diagnose(wide(_tidy(run), "r"), P, "r")
+    assert v.status == "healthy" and "earlier: every group's rewards identical (all failed" in v.reason
+    [d] = v.findings
+    assert (d.step, d.data["until"], d.data["ongoing"]) == (1, 10, False)
+
+
 def test_plateau_and_thresholds_come_from_params():
     run = {"reward": {s: 0.3 for s in range(1, 41)}, "entropy": {s: 2.0 for s in range(1, 41)}}
     assert dx.diagnose(wide(_tidy(run), "r"), P).summary == "plateau from step 26"
