@@ -39,6 +39,7 @@ def test_smoke_passes_and_reports(tmp_path):
     assert metrics["smoke/reset_seconds_mean"] > 0 and metrics["smoke/step_seconds_mean"] > 0
     html = report.read_text()
     assert "malformed action refused" in html and "data:image/png;base64," in html  # table and chart
+    assert "tasks: 100%" in html and "tasks:   0%" not in html  # headless text bar: only its final state
     assert (d / "envserver.log").exists()
     assert not server_left(metrics["smoke/env_url"]), "the embedded envserver is still running"
 
