@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 1: set up (idempotent), then the main job on the embedded defaults:
+# notebook 01 (env smoke test) + 02 (GRPO debug run) in one run dir, with HTML reports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/bgwork run 01 02 -f params/debug.yaml "$@"
