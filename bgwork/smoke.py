@@ -17,7 +17,7 @@ MALFORMED_ACTION = "click(13)"  # the original project's bug: the bid must be a 
 
 @dataclass
 class SmokeReport:
-    calls: list[dict] = field(default_factory=list)   # task, call, seconds
+    calls: list[dict] = field(default_factory=list)   # task, call, seconds, ok (False: the call raised)
     checks: list[dict] = field(default_factory=list)  # task, check, passed, detail
 
     def check(self, task: str, name: str, passed: bool, detail: str = "") -> bool:
@@ -25,11 +25,12 @@ class SmokeReport:
         return bool(passed)
 
     def timed(self, task: str, call: str, fn, *args):
-        start = time.perf_counter()
+        start, ok = time.perf_counter(), False
         try:
-            return fn(*args)
+            result, ok = fn(*args), True
+            return result
         finally:
-            self.calls.append({"task": task, "call": call, "seconds": time.perf_counter() - start})
+            self.calls.append({"task": task, "call": call, "seconds": time.perf_counter() - start, "ok": ok})
 
 
 def check_server(client: EnvClient, tasks: list[str], report: SmokeReport) -> dict:

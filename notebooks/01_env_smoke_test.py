@@ -37,6 +37,8 @@ from bgwork.params import load_params
 from bgwork.progress import progress
 from bgwork.runs import record_metrics, use_run_dir
 
+pd.set_option("display.max_colwidth", 120)
+
 params = load_params(name=name, env=env, smoke=smoke)
 run_dir = use_run_dir(run_dir, "01_env_smoke_test", params)
 print("run dir:", run_dir)
@@ -64,10 +66,11 @@ checks
 
 # %% [markdown]
 # ## Latency per call
-# Seconds per HTTP call as the client sees it (server work plus the browser's post-action delay).
+# Seconds per HTTP call as the client sees it (server work plus the browser's post-action delay);
+# calls that raised are left out.
 
 # %%
-calls = pd.DataFrame(report.calls)
+calls = pd.DataFrame(report.calls).query("ok")
 latency = calls.groupby("call")["seconds"].describe()[["count", "mean", "min", "max"]]
 latency.round(3)
 
