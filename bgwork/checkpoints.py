@@ -41,6 +41,16 @@ def outputs_root() -> Path:
     return Path(os.environ.get("BGWORK_OUTPUTS_DIR") or PROJECT_ROOT / "outputs")
 
 
+def cleanup_root(root: str | Path | None = None) -> Path:
+    """The folder cleanup acts in: outputs/ itself or a folder inside it (never elsewhere, never a symlink)."""
+    from bgwork.runs import PROJECT_ROOT
+
+    base = Path(os.path.abspath(outputs_root()))
+    if root is None:
+        return base
+    return checked_path(Path(root) if Path(root).is_absolute() else PROJECT_ROOT / root, base)
+
+
 # --- the training lock ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager

@@ -81,6 +81,7 @@ class GuardParams:
 class CleanupParams:
     """Notebook 05: which checkpoints under outputs/ to keep, slim or delete (bgwork.checkpoints)."""
 
+    root: str | None = _f(None, "folder to clean: outputs/ or a folder inside it (relative to the project root); null: outputs/")
     apply: bool = _f(False, "false: only show the plan (dry run); true: delete exactly what the plan lists")
     keep_last: int = _f(2, "per run: keep the N checkpoints with the highest step", min=0)
     keep_best: int = _f(1, "per run: also keep the N checkpoints best by `metric`", min=0)
@@ -90,6 +91,8 @@ class CleanupParams:
     pinned: list[str] = _f([], "run directory names (or paths relative to outputs/) never touched")
     slim: bool = _f(True, "drop optimizer.pt / scheduler.pt / rng_state*.pth from kept checkpoints (not resumable after)")
     slim_latest: bool = _f(False, "also slim each run's latest checkpoint (false keeps it resumable)")
+    copy_checkpoint: str | None = _f(None, "a checkpoint dir to copy out (before cleanup), e.g. the best one")
+    copy_to: str | None = _f(None, "destination of that copy (must not exist); optimizer state is left out")
 
 
 @dataclass

@@ -1,0 +1,112 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (bgwork)
+#     language: python
+#     name: bgwork
+# ---
+
+# %% [markdown]
+# # 05 · Checkpoint cleanup: what is on disk, what to keep, and the space it frees
+#
+# Full fine-tune checkpoints carry the AdamW state (two moments per parameter: about twice the model's size);
+# the original project's 350M runs took ~21 GB each and its authors pruned 105.8 GB to 21.2 GB by hand. This
+# notebook lists every run and checkpoint under `outputs/` (size split into model / optimizer / other, step,
+# full or LoRA, the reward and success rate logged at that step), then applies a keep policy from params:
+# keep the last N and the best N by a metric per run, never touch pinned runs or runs still training (they
+# hold a `TRAINING.lock`), and slim kept checkpoints by dropping optimizer/scheduler/RNG state.
+#
+# **The default is a dry run**: it shows the plan and the space it would free. `-p cleanup.apply=true`
+# deletes exactly what the plan lists, after re-checking it against the disk. `cleanup.copy_checkpoint` +
+# `cleanup.copy_to` copy a chosen checkpoint out first (without optimizer state).
+
+# %% tags=["parameters"]
+name = "cleanup"
+cleanup = {}  # bgwork.config.CleanupParams: apply, keep_last, keep_best, metric, pinned, slim, copy_checkpoint, ...
+run_dir = None
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bgwork import checkpoints as ck
+from bgwork.params import load_params
+from bgwork.runs import record_metrics, use_run_dir
+
+params = load_params(name=name, cleanup=cleanup)
+p = params.cleanup
+run_dir = use_run_dir(run_dir, "05_checkpoint_cleanup", params)
+root = ck.cleanup_root(p.root)
+pd.set_option("display.max_colwidth", None)
+print(f"run dir: {run_dir}\ncleaning: {root}\npolicy: {p}")
+
+# %% [markdown]
+# ## Inventory
+# One row per checkpoint. `reward` and the success rate are the latest values logged at or before the
+# checkpoint's step in its `trainer_state.json`; `training` marks runs holding a live `TRAINING.lock`.
+
+# %%
+runs = ck.inventory(root, p)
+inventory = ck.inventory_table(runs, p)
+for r in runs:
+    for problem in r.problems:
+        print("refused:", problem)
+inventory
+
+# %%
+if len(inventory):
+    per_run = inventory.groupby("run")[["model MB", "optimizer MB", "other MB"]].sum()
+    ax = per_run.plot.barh(stacked=True, figsize=(8, 0.6 + 0.5 * len(per_run)), title="disk use per run")
+    ax.set_xlabel("MB")
+    plt.tight_layout()
+else:
+    print(f"no checkpoints under {root}")
+
+# %% [markdown]
+# ## Copy a checkpoint out (optional)
+# Done before the cleanup, so the copy survives whatever the plan deletes.
+
+# %%
+if p.copy_checkpoint:
+    copied = ck.copy_checkpoint(p.copy_checkpoint, p.copy_to, root=root)
+    print(f"copied {p.copy_checkpoint} -> {copied}")
+
+# %% [markdown]
+# ## The plan
+# `delete` removes a whole checkpoint folder, `slim` only its optimizer/scheduler/RNG files (the latest
+# checkpoint of each run stays resumable unless `slim_latest`). Pinned and training runs appear as untouched.
+
+# %%
+plan = ck.make_plan(runs, p, root)
+for note in plan.notes:
+    print("note:", note)
+print(f"{len(plan.actions)} actions, {plan.freed_bytes / 1e6:.1f} MB to free "
+      f"of {inventory['total MB'].sum() if len(inventory) else 0:.1f} MB in checkpoints")
+ck.plan_table(plan)
+
+# %% [markdown]
+# ## Apply (only with `cleanup.apply=true`)
+
+# %%
+if p.apply:
+    removed = ck.apply_plan(plan)
+    after = ck.inventory_table(ck.inventory(root, p), p)
+    print(f"removed {len(removed)} paths; checkpoints now take {after['total MB'].sum() if len(after) else 0:.1f} MB")
+else:
+    removed = []
+    print("dry run: nothing deleted. Re-run with -p cleanup.apply=true to apply this plan.")
+
+record_metrics(run_dir, {
+    "cleanup/applied": p.apply,
+    "cleanup/checkpoints": len(inventory),
+    "cleanup/actions": [{"kind": a.kind, "checkpoint": a.checkpoint, "files": [f for f, _ in a.files]}
+                        for a in plan.actions],
+    "cleanup/freed_bytes": plan.freed_bytes if p.apply else 0,
+    "cleanup/would_free_bytes": plan.freed_bytes,
+    "cleanup/untouched_runs": dict(plan.untouched_runs),
+    "cleanup/removed": removed,
+})
