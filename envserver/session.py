@@ -21,7 +21,10 @@ from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
 from browsergym.core.env import BrowserEnv
 from browsergym.utils.obs import flatten_axtree_to_str
 
+from . import pwpatch
 from .browser import LAUNCH_ARGS, chromium_path
+
+pwpatch.apply()
 
 log = logging.getLogger(__name__)
 

@@ -112,3 +112,17 @@ def test_unquoted_bid_error_tells_the_caller(client):
         assert "bid must be a quoted string, e.g. click('13')" in out["observation"]["last_action_error"]
     finally:
         client.close(sid)
+
+
+def test_playwright_stack_patch_keeps_what_playwright_reads():
+    from playwright._impl import _connection
+
+    from envserver import pwpatch
+
+    pwpatch.apply()
+    frames = _connection.inspect.stack()
+    here = frames[0]
+    assert here.filename == __file__ and here.function == "test_playwright_stack_patch_keeps_what_playwright_reads"
+    assert here.lineno > 0 and here[0].f_code.co_name == here.function
+    parsed = _connection._extract_stack_trace_information_from_stack(frames, is_internal=False)
+    assert parsed["frames"][0]["file"] == __file__
