@@ -76,11 +76,14 @@ latency.round(3)
 
 # %%
 per_task = calls[calls.task != "-"].pivot_table(index="task", columns="call", values="seconds", aggfunc="mean")
-ax = per_task.plot.bar(figsize=(9, 4), rot=0)
-ax.set_ylabel("seconds per call (mean)")
-ax.set_title("env server latency by task and call")
-plt.tight_layout()
-plt.show()
+if per_task.empty:  # every task call failed: nothing to draw, the verdict below says why
+    print("no successful task calls to chart")
+else:
+    ax = per_task.plot.bar(figsize=(9, 4), rot=0)
+    ax.set_ylabel("seconds per call (mean)")
+    ax.set_title("env server latency by task and call")
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # ## Verdict
