@@ -173,7 +173,8 @@ def _field_type(cls, path: list[str], where: str):
         if part not in hints:
             near = difflib.get_close_matches(part, hints, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise ParamsError(f"{where}: unknown key '{'.'.join(path[:i + 1])}'{hint}; allowed keys: {', '.join(hints)}")
+            key = ".".join(path[:i + 1])
+            raise ParamsError(f"{where}: unknown key '{key}'{hint}; allowed keys: {', '.join(hints)}")
         tp = hints[part]
     return tp
 

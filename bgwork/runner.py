@@ -19,7 +19,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
-from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
@@ -94,6 +94,7 @@ def run(specs: list[str], params_file: str | None = None, overrides=(), root: Pa
 
     with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1"}):
         log.info("run dir: %s", result.run_dir)
+        _warn_if_foreign_kernel()
         for path, nb in zip(paths, result.notebooks):
             _execute(path, nb, result.run_dir, to_dict(params))
             _write_status(result, status)
@@ -124,8 +125,9 @@ def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> Non
     except papermill.PapermillExecutionError as e:
         nb.status, nb.error = "failed", f"{e.ename}: {e.evalue}"
     except NoSuchKernel:
-        nb.status, nb.error = "failed", (f"NoSuchKernel: no Jupyter kernel named '{KERNEL}'; run `bash scripts/setup.sh` "
-                                         f"(or: {sys.executable} -m ipykernel install --sys-prefix --name {KERNEL})")
+        nb.status, nb.error = "failed", (f"NoSuchKernel: no Jupyter kernel named '{KERNEL}'; run "
+                                         f"`bash scripts/setup.sh` (or: {sys.executable} -m ipykernel install "
+                                         f"--sys-prefix --name {KERNEL})")
     except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; record it and stop the chain
         nb.status, nb.error = "failed", "KeyboardInterrupt: interrupted by the user"
     except Exception as e:  # kernel died or never started: still report what there is
@@ -136,6 +138,15 @@ def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> Non
     if out.exists():
         nb.report = str(render_html(out, title=f"{nb.name} · {run_dir.name}", error=nb.error))
         log.info("report: %s", nb.report)
+
+
+def _warn_if_foreign_kernel() -> None:
+    """A user-level 'bgwork' kernelspec (e.g. from another clone) shadows the venv's: say so, it runs other code."""
+    with contextlib.suppress(NoSuchKernel):
+        python = KernelSpecManager().get_kernel_spec(KERNEL).argv[0]
+        # Compare the venvs' bin dirs as written: resolving symlinks would equate every venv of one Python.
+        if Path(python).absolute().parent != Path(sys.executable).absolute().parent:
+            log.warning("kernel '%s' runs %s, not this environment's %s", KERNEL, python, sys.executable)
 
 
 def render_html(ipynb: Path, title: str, error: str | None = None) -> Path:
