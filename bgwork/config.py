@@ -123,7 +123,8 @@ class ModelParams:
 class RolloutParams:
     """How episodes are played: task curriculum, episode length, prompt budget, action parsing, seeds."""
 
-    tasks: dict = _f({"click-test": 1.0}, "MiniWoB task -> sampling weight (the curriculum); weights > 0")
+    tasks: list[str] = _f(["click-test"], "MiniWoB tasks episodes are drawn from (the curriculum)")
+    task_weights: list[float] | None = _f(None, "sampling weight per task, same order as tasks (null = equal)")
     max_episode_steps: int = _f(5, "browser actions per episode at most", min=1, max=50)
     max_action_tokens: int = _f(32, "new tokens the model may generate per action (turn)", min=4, max=1024)
     obs_max_tokens: int = _f(384, "the accessibility tree is truncated to this many tokens in each turn", min=16)

@@ -1,0 +1,63 @@
+"""Reward functions for GRPOTrainer. The environment's reward arrives as the `env_reward` column that
+`rollout_func` returns (TRL passes extra rollout keys to reward functions as keyword arguments).
+
+An episode voided by infrastructure failures has env_reward None: returned as None, TRL leaves it out of
+the group baseline and gives it advantage 0 — it is never scored 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from bgwork.config import RolloutParams
+
+
+def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
+    """The task's own reward (MiniWoB: 1 on success, 0 otherwise). Also logs success and format metrics."""
+    log_metric = kwargs.get("log_metric")
+    if log_metric is not None:
+        for name, value in episode_metrics(kwargs.get("task", []), kwargs.get("success", []),
+                                           kwargs.get("format_errors", []), kwargs.get("episode_steps", []),
+                                           kwargs.get("attempts", [])).items():
+            log_metric(name, value)
+        for name, seconds in (kwargs.get("rollout_timings") or [{}])[0].items():
+            log_metric(f"rollout/{name}", seconds)
+    return [None if r is None else float(r) for r in env_reward]
+
+
+def episode_metrics(tasks, success, format_errors, steps, attempts) -> dict[str, float]:
+    """success_rate (overall and per task), format_error_rate (per action), episode_steps, infra retries."""
+    out: dict[str, float] = {}
+    scored = [(t, s) for t, s in zip(tasks, success) if s is not None]
+    if scored:
+        out["success_rate"] = sum(s for _, s in scored) / len(scored)
+        per_task = defaultdict(list)
+        for t, s in scored:
+            per_task[t].append(s)
+        for t, vals in sorted(per_task.items()):
+            out[f"success_rate/{t}"] = sum(vals) / len(vals)
+    if sum(steps):
+        out["format_error_rate"] = sum(format_errors) / sum(steps)
+        out["episode_steps"] = sum(steps) / len(steps)
+    if attempts:
+        out["env_retries"] = sum(a - 1 for a in attempts) / len(attempts)
+    return out
+
+
+def make_shaping_rewards(params: RolloutParams) -> list:
+    """Optional shaping terms, each its own reward function so TRL logs it separately; off (empty) by default."""
+    funcs = []
+    if params.format_reward > 0:
+        def format_reward(completions, episode_steps, format_errors, env_reward, **kwargs):
+            return [None if r is None else params.format_reward * (1 - e / max(n, 1))
+                    for n, e, r in zip(episode_steps, format_errors, env_reward)]
+        funcs.append(format_reward)
+    if params.step_penalty > 0:
+        def step_penalty(completions, episode_steps, env_reward, **kwargs):
+            return [None if r is None else -params.step_penalty * n for n, r in zip(episode_steps, env_reward)]
+        funcs.append(step_penalty)
+    return funcs
+
+
+def reward_functions(params: RolloutParams) -> list:
+    return [env_reward, *make_shaping_rewards(params)]

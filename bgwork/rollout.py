@@ -1,0 +1,298 @@
+"""Multi-turn browser episodes, played in batches, turned into GRPO samples.
+
+All live episodes of a wave advance together: one batched (left-padded) `generate` per turn across every
+live episode, then every env step of that turn in parallel threads. One episode = ONE training sample whose
+tokens are exactly what the model was conditioned on:
+
+    prompt_ids     = system + first user turn + assistant header
+    completion_ids = action_1 | next turn (env) | action_2 | next turn (env) | ... | action_k
+    env_mask       =    1...1 |      0...0      |    1...1 |       0...0     | ... |   1...1
+
+`logprobs` are the sampling log-probs of the action tokens under the sampling temperature (0 for env
+tokens). An infrastructure failure (server down, session lost) never becomes a reward: the episode is
+re-run; if it still fails its reward is None, which TRL treats as unscorable (advantage 0, left out of the
+group baseline).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from bgwork.actions import parse_model_output
+from bgwork.config import RolloutParams
+from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
+from bgwork.prompting import Turns, user_message
+
+log = logging.getLogger(__name__)
+
+# Answers that mean "this session is gone", not "the model did something wrong".
+_INFRA_CODES = {"session_lost", "unknown_session", "not_found", "pool_full", "unavailable", "http_error"}
+
+
+def is_infra_failure(e: Exception) -> bool:
+    if isinstance(e, (SessionLost, ServerUnavailable)):
+        return True
+    return isinstance(e, EnvError) and (e.status in (404, 429, 500, 502, 503, 504) or e.code in _INFRA_CODES)
+
+
+@dataclass
+class Episode:
+    task: str
+    seed: int
+    prompt_ids: list[int] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    session_id: str | None = None
+    observation: dict | None = None
+    reward: float = 0.0
+    done: bool = False  # the task ended (success or failure)
+    finished: bool = False  # no more turns: done, out of steps, or out of token budget
+    steps: int = 0
+    format_errors: int = 0
+    actions: list[str] = field(default_factory=list)
+    lost: str | None = None  # infrastructure failure that voided this attempt
+    attempts: int = 1
+
+    @property
+    def success(self) -> bool:
+        return self.done and self.reward > 0
+
+
+class SessionPool:
+    """Browser sessions reused across episodes: reset in place is ~8x faster than a new session."""
+
+    def __init__(self, client: EnvClient):
+        self.client = client
+        self.free: list[str] = []
+
+    def reset(self, task: str, seed: int) -> dict:
+        sid = self.free.pop() if self.free else None
+        try:
+            return self.client.reset(task, seed=seed, session_id=sid)
+        except EnvError as e:
+            if sid is None or not is_infra_failure(e):
+                raise
+            self.discard(sid)  # that session died or was reaped: start a fresh one
+            return self.client.reset(task, seed=seed)
+
+    def release(self, sid: str | None) -> None:
+        if sid:
+            self.free.append(sid)
+
+    def discard(self, sid: str | None) -> None:
+        if sid:
+            try:
+                self.client.close(sid)
+            except EnvError:
+                pass
+
+    def close_all(self) -> None:
+        while self.free:
+            self.discard(self.free.pop())
+
+
+class EpisodeRunner:
+    """Plays batches of (task, seed) episodes with a model; owns the browser sessions it uses."""
+
+    def __init__(self, client: EnvClient, tokenizer, params: RolloutParams, *, temperature: float = 1.0,
+                 max_completion_length: int = 1024, max_parallel: int = 4, greedy: bool = False):
+        self.client, self.tokenizer, self.params = client, tokenizer, params
+        self.temperature, self.greedy = temperature, greedy
+        self.max_completion_length = max_completion_length
+        self.max_parallel = max_parallel
+        self.turns = Turns(tokenizer)
+        self.sessions = SessionPool(client)
+        self.pool = ThreadPoolExecutor(max_workers=params.env_workers, thread_name_prefix="env")
+        self.infra_failures = 0  # attempts voided by infrastructure failures, for logging
+        self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
+
+    def close(self) -> None:
+        self.sessions.close_all()
+        self.pool.shutdown(wait=True)
+
+    # --- public -------------------------------------------------------------------------------------
+
+    def play(self, model, specs: list[tuple[str, int]]) -> list[Episode]:
+        """Episodes for (task, seed) pairs, in order. Lost attempts are re-run up to `env_retries` times."""
+        self.timings = {"generate_s": 0.0, "env_s": 0.0}
+        episodes = self._play_waves(model, [Episode(t, s) for t, s in specs])
+        for attempt in range(1, self.params.env_retries + 1):
+            lost = [i for i, e in enumerate(episodes) if e.lost]
+            if not lost:
+                break
+            log.warning("re-running %d episode(s) lost to infrastructure failures (attempt %d): %s",
+                        len(lost), attempt + 1, episodes[lost[0]].lost)
+            time.sleep(min(2.0 * attempt, 10.0))  # give a restarting server / browser a moment
+            again = self._play_waves(model, [Episode(episodes[i].task, episodes[i].seed, attempts=attempt + 1)
+                                             for i in lost])
+            for i, e in zip(lost, again):
+                episodes[i] = e
+        if episodes and all(e.lost for e in episodes):
+            raise RuntimeError(f"every episode failed on infrastructure after {self.params.env_retries} retries; "
+                               f"last error: {episodes[0].lost}")
+        return episodes
+
+    # --- waves --------------------------------------------------------------------------------------
+
+    def _play_waves(self, model, episodes: list[Episode]) -> list[Episode]:
+        for start in range(0, len(episodes), self.max_parallel):
+            self._play_wave(model, episodes[start:start + self.max_parallel])
+        return episodes
+
+    def _play_wave(self, model, wave: list[Episode]) -> None:
+        t0 = time.perf_counter()
+        list(self.pool.map(self._reset, wave))
+        self.timings["env_s"] += time.perf_counter() - t0
+        for _ in range(self.params.max_episode_steps):
+            live = [e for e in wave if not e.finished and not e.lost]
+            if not live:
+                break
+            t0 = time.perf_counter()
+            outputs = self.generate(model, [e.prompt_ids + e.completion_ids for e in live])
+            t1 = time.perf_counter()
+            for e, (ids, logps) in zip(live, outputs):
+                e.completion_ids += ids
+                e.env_mask += [1] * len(ids)
+                e.logprobs += logps
+            list(self.pool.map(self._act, live, [self.tokenizer.decode(ids, skip_special_tokens=True)
+                                                 for ids, _ in outputs]))
+            self.timings["generate_s"] += t1 - t0
+            self.timings["env_s"] += time.perf_counter() - t1
+            for e, (ids, _) in zip(live, outputs):
+                if not e.finished and not e.lost:
+                    self._append_next_turn(e, self.turns.ends_with_eos(ids))
+        for e in wave:
+            e.finished = True
+            if e.lost:
+                self.sessions.discard(e.session_id)
+            else:
+                self.sessions.release(e.session_id)
+            e.session_id = None
+
+    def _reset(self, e: Episode) -> None:
+        try:
+            out = self.sessions.reset(e.task, e.seed)
+        except EnvError as err:
+            if not is_infra_failure(err):
+                raise  # unknown task, bad request: a configuration error, not bad luck
+            self._lose(e, err)
+            return
+        e.session_id, e.observation = out["session_id"], out["observation"]
+        e.prompt_ids = self.turns.first_prompt(self._user_text(e.observation))
+
+    def _act(self, e: Episode, text: str) -> None:
+        parsed = parse_model_output(text, self.params.repair_unquoted_bids)
+        e.steps += 1
+        e.format_errors += parsed.format_error
+        e.actions.append(parsed.action or text.strip()[:200])
+        if parsed.action is None:  # nothing the browser could run: the page is unchanged
+            e.observation = {**e.observation, "last_action": text.strip()[:200], "last_action_error": parsed.error}
+        else:
+            try:
+                out = self.client.step(e.session_id, parsed.action)
+            except EnvError as err:
+                if not is_infra_failure(err):
+                    raise
+                self._lose(e, err)
+                return
+            e.observation = out["observation"]
+            e.reward += float(out.get("reward") or 0.0)
+            e.done = bool(out.get("done") or out.get("truncated"))
+        if e.done or e.steps >= self.params.max_episode_steps:
+            e.finished = True
+
+    def _append_next_turn(self, e: Episode, ended_with_eos: bool) -> None:
+        obs = e.observation
+        ids = self.turns.next_turn(self._user_text(obs, obs.get("last_action"), obs.get("last_action_error")),
+                                   ended_with_eos)
+        if len(e.completion_ids) + len(ids) + self.params.max_action_tokens > self.max_completion_length:
+            e.finished = True  # no room for another action within max_completion_length
+            return
+        e.completion_ids += ids
+        e.env_mask += [0] * len(ids)
+        e.logprobs += [0.0] * len(ids)
+
+    def _user_text(self, obs: dict, previous_action: str | None = None, previous_error: str | None = None) -> str:
+        return user_message(obs, self.tokenizer, self.params.obs_max_tokens, previous_action, previous_error)
+
+    def _lose(self, e: Episode, err: Exception) -> None:
+        e.lost = f"{type(err).__name__}: {err}"
+        e.finished = True
+        self.infra_failures += 1
+        log.warning("episode %s seed %d lost: %s", e.task, e.seed, e.lost)
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, model, sequences: list[list[int]]) -> list[tuple[list[int], list[float]]]:
+        """One sampled action per sequence, batched with left padding: (token ids up to and including EOS,
+        their log-probs under the temperature-scaled distribution the tokens were drawn from)."""
+        device = next(model.parameters()).device
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            sampling = {} if self.greedy else dict(temperature=self.temperature, top_k=0, top_p=1.0, min_p=None)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, do_sample=not self.greedy, **sampling,
+                max_new_tokens=self.params.max_action_tokens,
+                pad_token_id=pad, eos_token_id=sorted(self.turns.eos_ids),
+                output_logits=True, return_dict_in_generate=True)
+        finally:
+            model.train(was_training)
+        new = out.sequences[:, width:]
+        logits = torch.stack(out.logits, dim=1).float() / self.temperature
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        results = []
+        for row_ids, row_logps in zip(new.tolist(), logps.tolist()):
+            n = next((i + 1 for i, t in enumerate(row_ids) if t in self.turns.eos_ids), len(row_ids))
+            results.append((row_ids[:n], row_logps[:n]))
+        return results
+
+
+def to_rollout_output(episodes: list[Episode]) -> dict:
+    """The dict TRL's GRPOTrainer expects back from `rollout_func`; extra keys reach the reward functions."""
+    for e in episodes:
+        if not e.completion_ids:  # lost before the first action: keep TRL's shapes valid, nothing is trained
+            e.completion_ids, e.env_mask, e.logprobs = [e.prompt_ids[-1] if e.prompt_ids else 0], [0], [0.0]
+        if not e.prompt_ids:
+            e.prompt_ids = [e.completion_ids[0]]
+    return {
+        "prompt_ids": [e.prompt_ids for e in episodes],
+        "completion_ids": [e.completion_ids for e in episodes],
+        "logprobs": [e.logprobs for e in episodes],
+        "env_mask": [e.env_mask for e in episodes],
+        "env_reward": [None if e.lost else e.reward for e in episodes],
+        "success": [None if e.lost else e.success for e in episodes],
+        "task": [e.task for e in episodes],
+        "episode_steps": [e.steps for e in episodes],
+        "format_errors": [e.format_errors for e in episodes],
+        "attempts": [e.attempts for e in episodes],
+    }
+
+
+def success_table(episodes: list[Episode]):
+    """Per task: episodes, successes, success rate, mean steps, format-error rate (lost episodes left out)."""
+    import pandas as pd
+
+    rows = [{"task": e.task, "success": e.success, "steps": e.steps, "format_errors": e.format_errors}
+            for e in episodes if not e.lost]
+    df = pd.DataFrame(rows, columns=["task", "success", "steps", "format_errors"])
+    g = df.groupby("task")
+    table = pd.DataFrame({"episodes": g.size(), "successes": g["success"].sum(),
+                          "success_rate": g["success"].mean(), "mean_steps": g["steps"].mean(),
+                          "format_error_rate": g["format_errors"].sum() / g["steps"].sum().clip(lower=1)})
+    total = pd.DataFrame({"episodes": [len(df)], "successes": [df["success"].sum()],
+                          "success_rate": [df["success"].mean() if len(df) else float("nan")],
+                          "mean_steps": [df["steps"].mean()],
+                          "format_error_rate": [df["format_errors"].sum() / max(df["steps"].sum(), 1)]}, index=["all"])
+    return pd.concat([table, total])

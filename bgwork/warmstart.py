@@ -1,0 +1,97 @@
+"""A short supervised warm start from scripted demonstrations (bgwork.solvers), before GRPO.
+
+A small model rarely hits a valid action by chance, and GRPO learns nothing from groups that all score 0.
+Demonstrations are recorded in exactly the episode format GRPO trains on (same prompt, same multi-turn
+token layout, same env mask), and the model is fine-tuned on their action tokens only.
+
+    demos = collect_demos(client, tokenizer, params.rollout, specs)   # successful scripted episodes
+    losses = sft(model, demos, lr=1e-4, epochs=2)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import torch
+
+from bgwork.config import RolloutParams
+from bgwork.envclient import EnvClient
+from bgwork.prompting import Turns, user_message
+from bgwork.rollout import Episode
+from bgwork.solvers import solve
+
+log = logging.getLogger(__name__)
+
+
+def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: list[tuple[str, int]]) -> list[Episode]:
+    """Scripted episodes for (task, seed) pairs; only those that succeed within max_episode_steps are kept."""
+    turns = Turns(tokenizer)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+    demos, sid = [], None
+    for task, seed in specs:
+        out = client.reset(task, seed=seed, session_id=sid)
+        sid, obs = out["session_id"], out["observation"]
+        actions = solve(task, obs)
+        if not actions:
+            raise ValueError(f"no scripted solver for task {task!r}: warm start needs bgwork.solvers to know it")
+        e = Episode(task, seed, prompt_ids=turns.first_prompt(user_message(obs, tokenizer, rollout.obs_max_tokens)))
+        for action in actions[: rollout.max_episode_steps]:
+            if e.completion_ids:
+                nxt = turns.next_turn(user_message(obs, tokenizer, rollout.obs_max_tokens, obs.get("last_action"),
+                                                   obs.get("last_action_error")), True)
+                e.completion_ids += nxt
+                e.env_mask += [0] * len(nxt)
+            ids = tokenizer.encode(action, add_special_tokens=False) + [eos]
+            e.completion_ids += ids
+            e.env_mask += [1] * len(ids)
+            step = client.step(sid, action)
+            obs, e.steps = step["observation"], e.steps + 1
+            e.reward += float(step.get("reward") or 0.0)
+            e.done = bool(step.get("done") or step.get("truncated"))
+            if e.done:
+                break
+        e.logprobs = [0.0] * len(e.completion_ids)
+        if e.success:
+            demos.append(e)
+        else:
+            log.warning("scripted %s seed %d did not succeed; left out of the demonstrations", task, seed)
+    if sid:
+        client.close(sid)
+    return demos
+
+
+def sft(model, demos: list[Episode], *, lr: float = 1e-4, epochs: int = 2, batch_size: int = 8,
+        seed: int = 0, pad_token_id: int = 0) -> list[float]:
+    """Fine-tune on the action tokens of the demonstrations (env tokens masked). Returns the loss per batch."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = list(range(len(demos)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [demos[i] for i in order[start:start + batch_size]]
+            input_ids, attention, labels = _batch(batch, pad_token_id, device)
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def _batch(episodes: list[Episode], pad: int, device):
+    """Right-padded prompt+completion; labels only on action tokens (env_mask 1)."""
+    seqs = [e.prompt_ids + e.completion_ids for e in episodes]
+    masks = [[0] * len(e.prompt_ids) + e.env_mask for e in episodes]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    keep = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=device).bool()
+    return ids, attention, ids.masked_fill(~keep, -100)
