@@ -13,6 +13,7 @@ Targets (2-core box): http-4 >= 2 episodes/s; HTTP overhead (inproc-1 / http-1 -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import time
@@ -25,6 +26,24 @@ from bgwork.solvers import solve
 from envserver.browser import chromium_path
 from envserver.session import BrowserSession, SessionSettings, make_observation
 from envserver.tasks import miniwob_url, task_factory
+
+
+@contextlib.contextmanager
+def without_envserver_patches():
+    """Stock means stock: undo envserver's process-wide speed-ups (screenshots, Playwright stacks) meanwhile."""
+    import inspect
+
+    from browsergym.core import env as bg_env
+    from playwright._impl import _connection
+
+    from envserver import session
+
+    saved = bg_env.extract_screenshot, _connection.inspect
+    bg_env.extract_screenshot, _connection.inspect = session._capture_screenshot, inspect
+    try:
+        yield
+    finally:
+        bg_env.extract_screenshot, _connection.inspect = saved
 
 
 def stock_browsergym(task: str, episodes: int) -> float:
@@ -109,7 +128,8 @@ def main() -> None:
 
     results = {}
     if not args.skip_stock:
-        results["stock"] = stock_browsergym(args.task, max(args.episodes // 4, 5))
+        with without_envserver_patches():
+            results["stock"] = stock_browsergym(args.task, max(args.episodes // 4, 5))
     results["inproc-1"] = in_process(args.task, args.episodes, args.delay)
     server = EmbeddedServer(EnvParams(max_sessions=4, pre_observation_delay=args.delay))
     try:

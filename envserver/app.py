@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
+from . import API_VERSION, __version__
 from .actions import ActionError, parse_action
 from .browser import chromium_version
 from .metrics import Metrics
 from .pool import PoolFull, SessionPool, UnknownSession
-from .session import SessionLost, SessionSettings, SessionTimeout, make_observation
+from .session import Episode, SessionLost, SessionSettings, SessionTimeout, make_observation
 from .tasks import UnknownTask, registry, task_factory
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class ResetRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     session_id: str | None = Field(None, max_length=64, description="reset this session in place")
     include_screenshot: bool = False
+    include_pruned_html: bool = False
 
 
 class ActionObject(BaseModel):
@@ -63,6 +64,7 @@ class StepRequest(BaseModel):
     session_id: str = Field(..., max_length=64)
     action: str | ActionObject
     include_screenshot: bool = False
+    include_pruned_html: bool = False
 
 
 class CloseRequest(BaseModel):
@@ -82,14 +84,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         yield
         pool.close_all()  # no chromium or driver outlives the server
 
-    app = FastAPI(title="bgwork envserver", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="bgwork envserver", version=API_VERSION, lifespan=lifespan,
                   description="Offline BrowserGym MiniWoB++ sessions over HTTP.")
     app.state.pool, app.state.metrics, app.state.settings = pool, metrics, settings
     _install_guards(app, settings, metrics)
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "version": __version__, "active_sessions": pool.active,
+        return {"status": "healthy", "version": __version__, "active_sessions": pool.active,  # OpenEnv's word
                 "max_sessions": pool.max_sessions, "browser": chromium_version(), "task_count": len(registry())}
 
     @app.get("/tasks")
@@ -114,11 +116,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if session.lost:
             session.relaunch()  # a new reset recovers a session whose browser died
         with metrics.timed("reset"):
-            obs, info = _browser_call(session, lambda env: env.reset_task(factory, req.seed), metrics)
-        session.task_name = task
-        session.last_obs = make_observation(obs, include_screenshot=False)
+            obs, info = _browser_call(
+                session, lambda env: env.reset_task(factory, req.seed, req.include_screenshot), metrics)
+        session.task_name, session.episode = task, Episode(task, req.seed)
+        observation = _remember(session, make_observation(obs, req.include_screenshot, req.include_pruned_html))
         metrics.resets.labels(task).inc()
-        return {"session_id": session.id, "observation": _with_screenshot(session.last_obs, obs, req.include_screenshot),
+        return {"session_id": session.id, "observation": observation,
                 "info": {"task": task, "seed": req.seed, "task_info": _jsonable(info.get("task_info", {}))},
                 "reward": None, "done": False}
 
@@ -134,15 +137,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except ActionError as e:  # never executed: the browser sees nothing
             metrics.action_errors.labels("invalid").inc()
             obs = {**session.last_obs, "last_action": raw[:200], "last_action_error": f"InvalidAction: {e}"}
+            session.episode.record(0.0, done=False)
             return {"session_id": session.id, "observation": obs, "reward": 0.0, "done": False,
                     "truncated": False, "info": {"action_valid": False}}
         with metrics.timed("step"):
-            obs, reward, done, truncated, info = _browser_call(session, lambda env: env.step(action.to_code()), metrics)
-        session.last_obs = make_observation(obs, include_screenshot=False)
-        if session.last_obs["last_action_error"]:
+            obs, reward, done, truncated, info = _browser_call(
+                session, lambda env: env.step_action(action.to_code(), req.include_screenshot), metrics)
+        observation = _remember(session, make_observation(obs, req.include_screenshot, req.include_pruned_html))
+        session.episode.record(float(reward), bool(done))
+        if observation["last_action_error"]:
             metrics.action_errors.labels("browser").inc()
         return {"session_id": session.id,
-                "observation": _with_screenshot(session.last_obs, obs, req.include_screenshot),
+                "observation": observation,
                 "reward": float(reward), "done": bool(done), "truncated": bool(truncated),
                 "info": {"action_valid": True, "task_info": _jsonable(info.get("task_info", {}))}}
 
@@ -155,6 +161,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         metrics.closed.inc()
         return {"ok": True}
 
+    from .openenv import add_openenv_routes  # imported here: it builds on this module's request models
+
+    add_openenv_routes(app, reset=reset, step=step, close=close)
     return app
 
 
@@ -181,8 +190,10 @@ def _browser_call(session, fn, metrics: Metrics):
                        session_id=session.id) from None
 
 
-def _with_screenshot(base: dict, obs: dict, include: bool) -> dict:
-    return make_observation(obs, include_screenshot=True) if include else base
+def _remember(session, observation: dict) -> dict:
+    """An invalid action is answered with the last observation (never a browser call): keep it, sans screenshot."""
+    session.last_obs = {k: v for k, v in observation.items() if k not in ("screenshot", "pruned_html")}
+    return observation
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,18 +13,33 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import playwright.sync_api
+from browsergym.core import env as bg_env
 from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
 from browsergym.core.env import BrowserEnv
-from browsergym.utils.obs import flatten_axtree_to_str
+from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prune_html
 
 from . import pwpatch
 from .browser import LAUNCH_ARGS, chromium_path
 
 pwpatch.apply()
+
+# BrowserEnv captures a screenshot for every observation (~90 ms, ~40 % of observing a MiniWoB page).
+# Each session thread says whether its current call wants one; others get a 1x1 placeholder.
+_call = threading.local()
+_capture_screenshot = bg_env.extract_screenshot
+
+
+def _screenshot_if_asked(page):
+    return _capture_screenshot(page) if getattr(_call, "screenshot", False) else np.zeros((1, 1, 3), np.uint8)
+
+
+bg_env.extract_screenshot = _screenshot_if_asked
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +102,8 @@ class _ReusableEnv(BrowserEnv):
         self.context.add_init_script(_PAGE_ACTIVATION_JS)
         self.page = self.context.new_page()
 
-    def reset_task(self, task_entrypoint, seed: int | None):
+    def reset_task(self, task_entrypoint, seed: int | None, screenshot: bool = False):
+        _call.screenshot = screenshot
         if self.task:
             self.task.teardown()
         self.task = task_entrypoint(seed=seed)
@@ -110,6 +126,10 @@ class _ReusableEnv(BrowserEnv):
         self.infeasible_message_received = False
         return self._get_obs(), {"task_info": task_info}
 
+    def step_action(self, code: str, screenshot: bool = False):
+        _call.screenshot = screenshot
+        return self.step(code)
+
     def close(self):
         """Close what is there, piece by piece: after a crash some pieces raise, the rest must still go."""
         for name in ("task", "context", "browser"):
@@ -129,12 +149,17 @@ _PAGE_ACTIVATION_JS = "\n".join(
        ' if (document.visibilityState === "visible") { window.browsergym_page_activated(); } }, {capture: true});'])
 
 
-def make_observation(obs: dict, include_screenshot: bool) -> dict[str, Any]:
-    """The JSON observation: the goal AND the page (axtree with [bid]s); the empty `text` field is never the page."""
+def make_observation(obs: dict, include_screenshot: bool, include_pruned_html: bool = False) -> dict[str, Any]:
+    """The JSON observation: the goal AND the page (axtree with [bid]s).
+
+    `text` is the same page text as `axtree_txt`: the original clients read `text`, which the original
+    server left empty (so their models never saw the page); OpenEnv's BrowserGym env fills it the same way.
+    """
     axtree = flatten_axtree_to_str(obs["axtree_object"], extra_properties=obs["extra_element_properties"],
                                    ignored_roles=NOISE_ROLES, filter_visible_only=False)
     out = {
         "goal": obs["goal"],
+        "text": axtree,
         "axtree_txt": axtree,
         "url": obs["url"],
         "last_action": obs["last_action"],
@@ -143,7 +168,25 @@ def make_observation(obs: dict, include_screenshot: bool) -> dict[str, Any]:
     }
     if include_screenshot:
         out["screenshot"] = _png_base64(obs["screenshot"])
+    if include_pruned_html:
+        out["pruned_html"] = prune_html(flatten_dom_to_str(obs["dom_object"]))
     return out
+
+
+@dataclass
+class Episode:
+    """What GET /state reports about a session's current episode (OpenEnv's State: episode_id, step_count)."""
+    task: str
+    seed: int | None
+    episode_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    step_count: int = 0
+    cum_reward: float = 0.0
+    done: bool = False
+
+    def record(self, reward: float, done: bool) -> None:
+        self.step_count += 1
+        self.cum_reward += reward
+        self.done = self.done or done
 
 
 def _png_base64(array) -> str:
@@ -163,6 +206,7 @@ class BrowserSession:
         self.id = session_id
         self.settings = settings
         self.task_name: str | None = None
+        self.episode: Episode | None = None
         self.last_used = time.monotonic()
         self.lost = False
         self.closed = False
