@@ -36,7 +36,7 @@ class SmokeReport:
 def check_server(client: EnvClient, tasks: list[str], report: SmokeReport) -> dict:
     """Health, and that every task to smoke-test is served."""
     health = report.timed("-", "health", client.health)
-    report.check("-", "health", health.get("status") == "ok", str(health))
+    report.check("-", "health", health.get("status") == "healthy", str(health))
     served = set(report.timed("-", "tasks", client.tasks))
     missing = [t for t in tasks if t not in served]
     report.check("-", "tasks served", not missing, f"missing: {missing}" if missing else f"{len(served)} tasks")

@@ -26,7 +26,7 @@ def test_external_url_is_checked_and_left_running():
     server = EmbeddedServer(EnvParams(max_sessions=1))
     try:
         with env_server({"url": server.url + "/"}) as url:
-            assert url == server.url and EnvClient(url).health()["status"] == "ok"
+            assert url == server.url and EnvClient(url).health()["status"] == "healthy"
         assert server.proc.poll() is None  # not ours to stop
     finally:
         server.stop()

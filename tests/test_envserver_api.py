@@ -16,7 +16,7 @@ REQUIRED_SOLVED = ["click-test", "click-button", "enter-text", "focus-text", "cl
 
 def test_health_and_tasks(envserver, client):
     health = client.health()
-    assert health["status"] == "ok" and health["max_sessions"] == 4
+    assert health["status"] == "healthy" and health["max_sessions"] == 4
     assert health["task_count"] == 125 and "Chromium" in health["browser"]
     tasks = client.tasks()
     assert len(tasks) == 125 and {"click-test", "login-user", "book-flight"} <= set(tasks)
@@ -26,7 +26,8 @@ def test_observation_has_goal_and_page(client):
     out = client.reset("click-test", seed=3)
     try:
         obs = out["observation"]
-        assert set(obs) == {"goal", "axtree_txt", "url", "last_action", "last_action_error", "elapsed"}
+        assert set(obs) == {"goal", "text", "axtree_txt", "url", "last_action", "last_action_error", "elapsed"}
+        assert obs["text"] == obs["axtree_txt"]  # the page, under the name the original clients read (#7)
         assert obs["goal"] == "Click the button."
         assert "[13] button 'Click Me!'" in obs["axtree_txt"]
         assert "InlineTextBox" not in obs["axtree_txt"]  # Chromium >= 156 noise filtered

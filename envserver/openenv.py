@@ -1,0 +1,283 @@
+"""OpenEnv's runtime contract on top of the core routes: /metadata, /schema, /state and /mcp.
+
+openenv-core's validator (`openenv validate <url>`, v0.3.0) checks: GET /openapi.json has info.version
+(profile openenv-http/1.x when it starts with "1."), GET /health says status "healthy", GET /metadata has
+name and description, GET /schema has action, observation and state schemas, POST /mcp answers JSON-RPC 2.0
+(it posts `{}`), and /reset, /step and /state are all in the OpenAPI paths ("simulation" mode).
+
+/mcp is MCP over plain JSON-RPC (one JSON object per POST, answered as JSON): initialize, ping, tools/list,
+tools/call, and OpenEnv's openenv/session/create|close. Its tools drive the same session pool through the
+same handlers as /reset, /step and /close, so every action, whichever tool it came through, is parsed by
+envserver.actions before the browser sees it. Tool names avoid reset/step/state/close, which OpenEnv
+reserves (RFC 003) for its own Gym-style API.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from typing import Any, Callable
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from browsergym.core.action import functions as bg_functions
+
+from . import API_VERSION, __version__
+from .actions import DEFAULT_ACTIONS, MAX_ACTION_CHARS
+from .app import ApiError, CloseRequest, ResetRequest, StepRequest
+from .pool import UnknownSession
+
+NAME = "bgwork-envserver"
+DESCRIPTION = ("Offline BrowserGym MiniWoB++ environments (125 tasks, real Chromium), many sessions in parallel. "
+               "Drop-in for OpenEnv's BrowserGym server: POST /reset, /step {action: {action_str}}, /close.")
+# MCP revisions that begin with the initialize handshake; we answer the client's if we know it, else the newest.
+MCP_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32601, -32602, -32603
+SERVER_ERROR = -32000  # implementation-defined: the pool is full, a browser was lost
+
+log = logging.getLogger(__name__)
+
+
+# ---- schemas served by GET /schema (documentation of what the routes return) ----------------------------
+
+class Action(BaseModel):
+    action_str: str = Field(..., max_length=MAX_ACTION_CHARS,
+                            description="one BrowserGym high-level action call with the element id (bid) quoted, "
+                                        f"e.g. click('13'); allowed: {', '.join(DEFAULT_ACTIONS)}")
+
+
+class Observation(BaseModel):
+    goal: str = Field(..., description="the task's instruction")
+    text: str = Field(..., description="the page as text: the same string as axtree_txt (the original server "
+                                       "left `text` empty, so models never saw the page)")
+    axtree_txt: str = Field(..., description="flattened accessibility tree, one element per line: [bid] role 'name'")
+    url: str
+    last_action: str = Field(..., description="the action as received")
+    last_action_error: str = Field(..., description="'' when the last action worked; otherwise why not (an action "
+                                                    "the parser rejects is never executed)")
+    elapsed: float = Field(..., description="seconds since the episode's reset")
+    screenshot: str | None = Field(None, description="base64 PNG; only with include_screenshot: true")
+    pruned_html: str | None = Field(None, description="BrowserGym's pruned HTML; only with include_pruned_html: true")
+
+
+class EpisodeState(BaseModel):
+    episode_id: str
+    step_count: int = Field(..., description="steps received this episode, rejected actions included")
+    session_id: str
+    task_name: str
+    seed: int | None
+    goal: str
+    url: str
+    cum_reward: float
+    done: bool
+
+
+# ---- routes -----------------------------------------------------------------------------------------------
+
+def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Callable) -> None:
+    """Register the OpenEnv routes; reset/step/close are the core route handlers (request model -> dict)."""
+    pool, settings = app.state.pool, app.state.settings
+    mcp = McpServer(reset, step, close)
+
+    @app.get("/metadata")
+    def metadata() -> dict:
+        return {"name": NAME, "description": DESCRIPTION, "version": __version__, "api_version": API_VERSION,
+                "default_task": settings.default_task, "author": "bgwork", "documentation_url": None}
+
+    @app.get("/schema")
+    def schema() -> dict:
+        return {"action": Action.model_json_schema(), "observation": Observation.model_json_schema(),
+                "state": EpisodeState.model_json_schema()}
+
+    @app.get("/state")
+    def state(session_id: str = Query(..., max_length=64, description="the session (many run at once)")) -> dict:
+        try:
+            session = pool.get(session_id)
+        except UnknownSession as e:
+            raise ApiError(404, "unknown_session", str(e)) from None
+        episode, obs = session.episode, session.last_obs
+        if episode is None:
+            raise ApiError(409, "not_reset", "this session has no episode yet: POST /reset with its session_id first")
+        return EpisodeState(episode_id=episode.episode_id, step_count=episode.step_count, session_id=session.id,
+                            task_name=episode.task, seed=episode.seed, goal=obs["goal"], url=obs["url"],
+                            cum_reward=episode.cum_reward, done=episode.done).model_dump()
+
+    @app.post("/mcp")
+    async def mcp_endpoint(request: Request) -> Response:
+        try:
+            message = json.loads(await request.body())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's limit
+            return JSONResponse(_error(None, PARSE_ERROR, "request body is not valid JSON"))
+        reply = await run_in_threadpool(mcp.handle, message)  # tools block on a browser
+        return Response(status_code=202) if reply is None else JSONResponse(reply)
+
+
+# ---- MCP over JSON-RPC ------------------------------------------------------------------------------------
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None):
+        self.code, self.message, self.data = code, message, data
+
+
+def _error(request_id, code: int, message: str, data: Any = None) -> dict:
+    error = {"code": code, "message": message, **({"data": data} if data is not None else {})}
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class McpServer:
+    def __init__(self, reset: Callable, step: Callable, close: Callable):
+        self.reset, self.step, self.close = reset, step, close
+        self.tools = _tools()
+        self.methods = {"initialize": self.initialize, "ping": lambda params: {}, "tools/list": self.list_tools,
+                        "tools/call": self.call_tool, "openenv/session/create": self.create_session,
+                        "openenv/session/close": self.close_session}
+
+    def handle(self, message: Any) -> dict | None:
+        """One JSON-RPC message -> its response, or None for a notification (answered 202, no body)."""
+        if isinstance(message, list):
+            return _error(None, INVALID_REQUEST, "batch requests are not supported: POST one JSON-RPC object at a time")
+        if not isinstance(message, dict):
+            return _error(None, INVALID_REQUEST, f"a JSON-RPC request is an object, got {type(message).__name__}")
+        request_id = message.get("id")
+        if not _valid_id(request_id):
+            return _error(None, INVALID_REQUEST, "id must be a string, an integer or null")
+        if message.get("jsonrpc") != "2.0":
+            return _error(request_id, INVALID_REQUEST, 'jsonrpc must be "2.0"')
+        method, params = message.get("method"), message.get("params", {})
+        if not isinstance(method, str):
+            return _error(request_id, INVALID_REQUEST, "method must be a string, e.g. \"tools/list\"")
+        if "id" not in message:
+            return None  # notifications (notifications/initialized, .../cancelled) need no action here
+        if method not in self.methods:
+            return _error(request_id, METHOD_NOT_FOUND, f"method {method!r} not found; this server answers "
+                                                        f"{', '.join(self.methods)}")
+        if not isinstance(params, dict):
+            return _error(request_id, INVALID_PARAMS, "params must be an object")
+        try:
+            result = self.methods[method](params)
+        except RpcError as e:
+            return _error(request_id, e.code, e.message, e.data)
+        except Exception as e:  # noqa: BLE001 - a server fault is still answered in JSON-RPC, never a bare 500
+            log.exception("mcp %s failed", method)
+            return _error(request_id, INTERNAL_ERROR, f"{type(e).__name__}: {str(e)[:500]}")
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def initialize(self, params: dict) -> dict:
+        asked = params.get("protocolVersion")
+        return {"protocolVersion": asked if asked in MCP_VERSIONS else MCP_VERSIONS[-1],
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": NAME, "version": __version__},
+                "instructions": "Call new_episode (optionally with a task from GET /tasks), then act with click, "
+                                "fill, ... on that session_id; the bid is the number in brackets in axtree_txt. "
+                                "end_session frees the browser."}
+
+    def list_tools(self, params: dict) -> dict:
+        return {"tools": [{"name": name, "description": description, "inputSchema": schema}
+                          for name, (description, schema, _) in self.tools.items()]}
+
+    def call_tool(self, params: dict) -> dict:
+        name, arguments = params.get("name"), params.get("arguments", {})
+        arguments = {} if arguments is None else arguments
+        if not isinstance(name, str) or name not in self.tools:
+            raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}; tools/list names them")
+        if not isinstance(arguments, dict):
+            raise RpcError(INVALID_PARAMS, "arguments must be an object")
+        if "session_id" not in arguments and isinstance(params.get("session_id"), str):
+            arguments = {**arguments, "session_id": params["session_id"]}  # OpenEnv's clients put it beside name
+        _, _, run = self.tools[name]
+        try:
+            result, failed = run(self, arguments), False
+        except ApiError as e:  # unknown session, pool full, session lost: a tool error the caller can act on
+            result, failed = {"error": {"code": e.code, "message": e.message, **e.extra}}, True
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            result, failed = {"error": {"code": "invalid_arguments", "message": f"{name}: {problems}"}}, True
+        return {"content": [{"type": "text", "text": json.dumps(result)}], "structuredContent": result,
+                "isError": failed}
+
+    def create_session(self, params: dict) -> dict:
+        """OpenEnv's MCP clients open a session first: here that is a new episode of the default (or given) task."""
+        out = self._run(lambda: self.reset(ResetRequest(task=params.get("task"), seed=params.get("seed"))))
+        return {"session_id": out["session_id"], "observation": out["observation"]}
+
+    def close_session(self, params: dict) -> dict:
+        session_id = params.get("session_id")
+        if not isinstance(session_id, str):
+            raise RpcError(INVALID_PARAMS, "session_id (a string) is required")
+        self._run(lambda: self.close(CloseRequest(session_id=session_id)))
+        return {"session_id": session_id, "closed": True}
+
+    @staticmethod
+    def _run(fn: Callable) -> dict:
+        try:
+            return fn()
+        except ApiError as e:
+            raise RpcError(INVALID_PARAMS if e.status in (400, 404, 409, 422) else SERVER_ERROR, e.message,
+                           {"status": e.status, "code": e.code}) from None
+        except ValidationError as e:
+            raise RpcError(INVALID_PARAMS, str(e)) from None
+
+
+# ---- tools ------------------------------------------------------------------------------------------------
+
+_SESSION = {"type": "string", "maxLength": 64, "description": "from new_episode"}
+
+
+def _tools() -> dict[str, tuple[str, dict, Callable]]:
+    """name -> (description, input JSON schema, run(server, arguments) -> dict)."""
+    tools = {
+        "new_episode": ("Start an episode: a new session, or the given session_id reset in place. Returns "
+                        "session_id and the observation (goal, axtree_txt with [bid]s).",
+                        _model_schema(ResetRequest),
+                        lambda s, a: s.reset(ResetRequest.model_validate(a))),
+        "act": ("Perform one BrowserGym action given as text, e.g. click('13'). Returns observation, reward, done.",
+                _object({"session_id": _SESSION, "action": Action.model_json_schema()["properties"]["action_str"]},
+                        ["session_id", "action"]),
+                lambda s, a: s.step(StepRequest.model_validate(a))),
+    }
+    for name in DEFAULT_ACTIONS:
+        tools[name] = _action_tool(name)
+    tools["end_session"] = ("Close a session and its browser; its id is never valid again.",
+                            _model_schema(CloseRequest), lambda s, a: s.close(CloseRequest.model_validate(a)))
+    return tools
+
+
+def _action_tool(name: str) -> tuple[str, dict, Callable]:
+    """A tool per BrowserGym action, its arguments those of the action's signature."""
+    fn = getattr(bg_functions, name)
+    properties, required = {"session_id": _SESSION}, ["session_id"]
+    for param in inspect.signature(fn).parameters.values():
+        properties[param.name] = TypeAdapter(param.annotation).json_schema()
+        if param.default is inspect.Parameter.empty:
+            required.append(param.name)
+        else:
+            properties[param.name]["default"] = param.default
+    description = inspect.cleandoc(fn.__doc__ or name).split("\n\n")[0] + " Returns observation, reward, done."
+
+    def run(server: McpServer, arguments: dict) -> dict:
+        args = {k: v for k, v in arguments.items() if k != "session_id"}
+        if unknown := sorted(set(args) - set(properties)):
+            raise ApiError(422, "invalid_arguments", f"{name}() has no argument {', '.join(unknown)}; "
+                                                     f"it takes {', '.join(list(properties)[1:]) or 'none'}")
+        # Written back as text so the action parser judges it exactly like a model's output.
+        code = f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+        return server.step(StepRequest(session_id=arguments.get("session_id"), action=code))
+
+    return description, _object(properties, required), run
+
+
+def _object(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _model_schema(model: type[BaseModel]) -> dict:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
