@@ -6,7 +6,10 @@ MCP replies are checked with the `mcp` SDK's own models (installed with BrowserG
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
+import subprocess
 
 import httpx
 import mcp.types
@@ -194,3 +197,15 @@ def test_mcp_malformed_requests_get_json_rpc_errors(http, body, code, says):
     assert reply.status_code == 200, reply.text  # never a 500, never a non-JSON-RPC body
     error = mcp.types.JSONRPCError.model_validate(reply.json()).error
     assert error.code == code and says in error.message, error
+
+
+@pytest.mark.slow
+def test_openenv_validator_passes_every_required_criterion(tmp_path):
+    """openenv-core's own validator, from its own venv (created on first run, a few minutes)."""
+    report_path = tmp_path / "report.json"
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "openenv_validate.sh"
+    done = subprocess.run(["bash", str(script), str(report_path)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["passed"] and report["standard_profile"] == "openenv-http/1.x" and report["mode"] == "simulation"
+    assert report["summary"]["required_passed_count"] == report["summary"]["required_total_count"] >= 6
