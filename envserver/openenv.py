@@ -150,7 +150,8 @@ class McpServer:
             return _error(None, INVALID_REQUEST, "id must be a string, an integer or null")
         if message.get("jsonrpc") != "2.0":
             return _error(request_id, INVALID_REQUEST, 'jsonrpc must be "2.0"')
-        method, params = message.get("method"), message.get("params", {})
+        method, params = message.get("method"), message.get("params")
+        params = {} if params is None else params
         if not isinstance(method, str):
             return _error(request_id, INVALID_REQUEST, "method must be a string, e.g. \"tools/list\"")
         if "id" not in message:

@@ -6,12 +6,14 @@ MCP replies are checked with the `mcp` SDK's own models (installed with BrowserG
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import re
 import subprocess
 
 import httpx
+import mcp
 import mcp.types
 import pytest
 
@@ -171,6 +173,21 @@ def test_mcp_openenv_session_methods(http):
     again = http.post("/mcp", json={"jsonrpc": "2.0", "id": 9, "method": "openenv/session/close",
                                     "params": {"session_id": sid}}).json()
     assert again["error"]["code"] == -32602 and "closed" in again["error"]["message"]
+
+
+def test_mcp_sdk_client_plays_an_episode(envserver):
+    """The `mcp` SDK's own client (Streamable HTTP; probes server/discover, falls back to initialize)."""
+    async def episode() -> dict:
+        async with mcp.Client(envserver.url + "/mcp", raise_exceptions=True) as client:
+            assert "click" in {t.name for t in (await client.list_tools()).tools}
+            sid = (await client.call_tool("new_episode", {"seed": 4})).structured_content["session_id"]
+            try:
+                return (await client.call_tool("click", {"session_id": sid, "bid": "13"})).structured_content
+            finally:
+                await client.call_tool("end_session", {"session_id": sid})
+
+    done = asyncio.run(episode())
+    assert (done["reward"], done["done"]) == (1.0, True)
 
 
 @pytest.mark.parametrize("body, code, says", [
