@@ -51,7 +51,7 @@ if ! "$VPY" -m envserver.browser --check >/dev/null 2>&1; then
 fi
 
 # Jupyter kernel inside the venv, so papermill (-k bgwork) and JupyterLab find it.
-if ! "$VENV/bin/jupyter" kernelspec list 2>/dev/null | grep -q '^ *bgwork '; then
+if [ ! -f "$VENV/share/jupyter/kernels/bgwork/kernel.json" ]; then
   say "registering Jupyter kernel 'bgwork'"
   "$VPY" -m ipykernel install --sys-prefix --name bgwork --display-name "Python (bgwork)" >/dev/null
 fi
