@@ -106,7 +106,8 @@ class ExportParams:
     prompts: list[str] = _f(["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction:",
                              "The capital of France is"], "fixed prompts for the logits comparison")
     gen_tokens: int = _f(8, "greedy tokens generated per prompt in llama.cpp (and compared for F16/Q8_0)", min=1, max=256)
-    min_cosine: float = _f(0.99, "K-quants: least cosine similarity of next-token logits with the HF model", min=0.0, max=1.0)
+    min_cosine: float = _f(0.99, "K-quants: least cosine similarity of next-token logits (mean-centred) with the HF model", min=0.0, max=1.0)
+    check_reference: bool = _f(True, "also quantize every tensor with llama.cpp's ggml_quantize_chunk and require identical bytes (~2x quantize time)")
     after_training: bool = _f(False, "export the final model of a full run automatically when training ends")
 
 

@@ -69,3 +69,62 @@ def make_run(run_dir: Path, steps: list[int], rewards: list[float] | None = None
 
 def model_bytes(ckpt: Path) -> int:
     return sum(p.stat().st_size for p in ckpt.iterdir() if p.suffix == ".safetensors")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def export_fixtures(root: Path) -> dict[str, Path]:
+    """Checkpoints to export: a full tiny LFM2 (hidden 256, so K-quants apply to whole rows) and a LoRA on it.
+
+    The LoRA's B matrices are random (init_lora_weights=False), so merging it visibly changes the model.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bgwork.models import BUNDLED_SMOLLM2, model_path
+
+    from bgwork.models import load_tokenizer
+
+    tok_dir = Path(model_path(BUNDLED_SMOLLM2))
+    tok = load_tokenizer(str(tok_dir))
+    full = root / "runs" / "full" / "lfm2-browsergym" / "checkpoint-3"
+    model = tiny_lfm2(hidden=256, seed=1)
+    model.get_input_embeddings().weight.requires_grad_(False)  # tied: frozen keeps the steps cheap
+    train_briefly(model, tok, TEXTS_A, steps=25, lr=1e-2)
+    model.save_pretrained(full)
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).exists():
+            shutil.copy2(tok_dir / name, full / name)
+    base = AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=[
+        "q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3", "in_proj"]))
+    train_briefly(lora, tok, TEXTS_B, steps=15, lr=2e-2)
+    adapter = root / "runs" / "lora" / "lfm2-browsergym" / "checkpoint-2"
+    lora.save_pretrained(adapter)
+    return {"full": full, "lora": adapter}
+
+
+# A random model's next-token logits are nearly flat: top-1 and top-2 differ by less than quantization noise,
+# so greedy tokens flip under Q8_0. A few steps on fixed texts give peaked logits, as a trained model has.
+TEXTS_A = ["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction: click('13')",
+           "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid."]
+TEXTS_B = ["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction: click('13') done",
+           "The capital of France is Paris, a city on the Seine. The capital of Italy is Rome."]
+
+
+def train_briefly(model, tok, texts: list[str], steps: int, lr: float, seed: int = 0) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    batch = tok(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
