@@ -49,6 +49,7 @@ class ResetRequest(BaseModel):
     task: str | None = Field(None, description="MiniWoB task name (GET /tasks); default: the server's --task")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     session_id: str | None = Field(None, max_length=64, description="reset this session in place")
+    episode_id: str | None = Field(None, max_length=255, description="OpenEnv's own episode id (GET /state)")
     include_screenshot: bool = False
     include_pruned_html: bool = False
 
@@ -118,7 +119,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         with metrics.timed("reset"):
             obs, info = _browser_call(
                 session, lambda env: env.reset_task(factory, req.seed, req.include_screenshot), metrics)
-        session.task_name, session.episode = task, Episode(task, req.seed)
+        session.task_name, session.episode = task, Episode(task, req.seed, req.episode_id)
         observation = _remember(session, make_observation(obs, req.include_screenshot, req.include_pruned_html))
         metrics.resets.labels(task).inc()
         return {"session_id": session.id, "observation": observation,

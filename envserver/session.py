@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -178,10 +178,13 @@ class Episode:
     """What GET /state reports about a session's current episode (OpenEnv's State: episode_id, step_count)."""
     task: str
     seed: int | None
-    episode_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    episode_id: str | None = None  # the client's (OpenEnv lets it name episodes), else a fresh one
     step_count: int = 0
     cum_reward: float = 0.0
     done: bool = False
+
+    def __post_init__(self):
+        self.episode_id = self.episode_id or uuid.uuid4().hex
 
     def record(self, reward: float, done: bool) -> None:
         self.step_count += 1
