@@ -182,6 +182,24 @@ class LoraParams:
 
 
 @dataclass
+class WarmstartParams:
+    """Optional supervised warm start on scripted demonstrations (bgwork.solvers) before GRPO."""
+
+    episodes_per_task: int = _f(0, "scripted demonstrations per task of rollout.tasks (train seeds); 0 = no warm start", min=0)
+    epochs: int = _f(2, "passes over the demonstrations", min=1)
+    learning_rate: float = _f(1e-4, "AdamW learning rate of the warm start", min=0.0)
+    batch_size: int = _f(4, "demonstrations per step", min=1)
+
+
+@dataclass
+class EvalParams:
+    """Held-out evaluation on rollout.eval_seeds, before and after training (notebooks 02 and 03)."""
+
+    episodes_per_task: int = _f(0, "held-out episodes per task of rollout.tasks; 0 = no evaluation", min=0)
+    greedy: bool = _f(True, "greedy decoding (else sampling at train.temperature)")
+
+
+@dataclass
 class Params:
     """Root of a run's parameters."""
 
@@ -197,3 +215,5 @@ class Params:
     rollout: RolloutParams = field(default_factory=RolloutParams, metadata={"help": "episodes: tasks, length, prompt, parsing"})
     train: TrainParams = field(default_factory=TrainParams, metadata={"help": "GRPO trainer"})
     lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapters"})
+    evaluation: EvalParams = field(default_factory=EvalParams, metadata={"help": "held-out evaluation"})
+    warmstart: WarmstartParams = field(default_factory=WarmstartParams, metadata={"help": "SFT on scripted demos before GRPO"})

@@ -111,6 +111,7 @@ class EpisodeRunner:
         self.pool = ThreadPoolExecutor(max_workers=params.env_workers, thread_name_prefix="env")
         self.infra_failures = 0  # attempts voided by infrastructure failures, for logging
         self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
+        self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
 
     def close(self) -> None:
         self.sessions.close_all()
@@ -233,6 +234,8 @@ class EpisodeRunner:
     def generate(self, model, sequences: list[list[int]]) -> list[tuple[list[int], list[float]]]:
         """One sampled action per sequence, batched with left padding: (token ids up to and including EOS,
         their log-probs under the temperature-scaled distribution the tokens were drawn from)."""
+        if self.vllm is not None:
+            return self._generate_vllm(sequences)
         device = next(model.parameters()).device
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
@@ -257,6 +260,18 @@ class EpisodeRunner:
             n = next((i + 1 for i, t in enumerate(row_ids) if t in self.turns.eos_ids), len(row_ids))
             results.append((row_ids[:n], row_logps[:n]))
         return results
+
+
+    def _generate_vllm(self, sequences):
+        """Through TRL's vLLM integration (weights synced by the trainer); per-action token limit. GPU only:
+        not exercised by the CPU test suite."""
+        saved = self.vllm.max_completion_length
+        self.vllm.max_completion_length = self.params.max_action_tokens
+        try:
+            _, completions, logprobs, _ = self.vllm.generate(prompts=sequences, images=None, num_generations=1)
+        finally:
+            self.vllm.max_completion_length = saved
+        return [(list(ids), [float(lp[0]) for lp in lps]) for ids, lps in zip(completions, logprobs)]
 
 
 def to_rollout_output(episodes: list[Episode]) -> dict:

@@ -209,6 +209,7 @@ def make_rollout_func(runner):
 
     def rollout_func(prompts, trainer):
         specs = [decode_spec(p) for p in prompts]
+        runner.vllm = trainer.vllm_generation if trainer.use_vllm else None
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
             episodes = runner.play(model, specs)
@@ -257,6 +258,7 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     """Train under the run dir's training lock; resumes into the checkpoint's own output dir."""
     from bgwork.checkpoints import training_lock
     from bgwork.envclient import EnvClient
+    from bgwork.models import resolve_model
 
     run_dir = Path(run_dir)
     check_params(params)
@@ -264,6 +266,12 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     output_dir = resume.parent if resume else new_output_dir(run_dir, params.model.name)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it
     with training_lock(run_dir), EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout) as client:
+        warm_dir = output_dir / "warmstart"
+        if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
+            resolved = resolve_model(str(warm_dir), dtype=device_and_dtype(params.model.dtype)[1])
+        elif params.warmstart.episodes_per_task and not resume:
+            resolved = resolved or resolve_model(params.model.name, dtype=device_and_dtype(params.model.dtype)[1])
+            warm_start(params, resolved, client, warm_dir)
         trainer, runner = build_trainer(params, output_dir, client, resolved, callbacks)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -275,3 +283,74 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
     return TrainResult(output_dir, final_dir, trainer.state.global_step, list(trainer.state.log_history),
                        getattr(guard, "stop_reason", None))
+
+
+def warm_start(params: Params, resolved, client, out_dir: Path) -> dict:
+    """SFT on scripted demonstrations (train seeds), in place; saved to out_dir. With LoRA the warm-start
+    adapter is merged into the weights, and GRPO then trains a fresh adapter on top."""
+    from bgwork.runs import write_json
+    from bgwork.warmstart import collect_demos, sft
+
+    w = params.warmstart
+    specs = [(task, seed) for task in task_weights(params.rollout)
+             for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train")]
+    demos = collect_demos(client, resolved.tokenizer, params.rollout, specs)
+    if not demos:
+        raise RuntimeError("warm start: no scripted demonstration succeeded; is the env server healthy?")
+    model = resolved.model
+    if params.lora.enabled:
+        from peft import get_peft_model
+        model = get_peft_model(model, lora_config(params.lora, model))
+    losses = sft(model, demos, lr=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size, seed=params.seed,
+                 pad_token_id=resolved.tokenizer.pad_token_id)
+    if params.lora.enabled:
+        resolved.model = model.merge_and_unload()
+    resolved.model.save_pretrained(out_dir)
+    resolved.tokenizer.save_pretrained(out_dir)
+    info = {"demos": len(demos), "episodes_tried": len(specs), "first_loss": losses[0], "last_loss": losses[-1],
+            "steps": len(losses)}
+    write_json(out_dir / "warmstart.json", info)
+    log.warning("warm start: %d demonstrations, SFT loss %.3f -> %.3f in %d steps", len(demos), losses[0], losses[-1],
+                len(losses))
+    return info
+
+
+# --- reading a run back (notebooks) ----------------------------------------------------------------
+
+CURVES = ["reward", "reward_std", "entropy", "loss", "success_rate", "format_error_rate"]
+
+
+def curves(output_dir: str | Path):
+    """Step-indexed frame of the run's TensorBoard scalars (one column per tag)."""
+    from bgwork.tbscalars import load_scalars, wide
+
+    df = load_scalars(output_dir)
+    return wide(df, df["run"].iloc[0])
+
+
+def plot_curves(frame, tags=CURVES, title: str = ""):
+    """One small panel per metric against the optimizer step."""
+    import matplotlib.pyplot as plt
+
+    tags = [t for t in tags if t in frame]
+    fig, axes = plt.subplots(1, len(tags), figsize=(3.2 * len(tags), 2.8), squeeze=False)
+    for ax, tag in zip(axes[0], tags):
+        ax.plot(frame.index, frame[tag], marker="o", ms=3)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def summary(result: TrainResult, frame) -> dict:
+    """Final figures of a run for metrics.json (last logged value of each curve, means where noisy)."""
+    last = frame.ffill().iloc[-1] if len(frame) else {}
+    out = {"global_step": result.global_step, "output_dir": str(result.output_dir), "final_dir": str(result.final_dir),
+           "stopped_by_guard": result.stopped_by_guard}
+    for tag in CURVES + ["grad_norm", "frac_reward_zero_std", "step_time"]:
+        if tag in frame:
+            out[f"final_{tag}"] = float(last[tag])
+            out[f"mean_{tag}"] = float(frame[tag].mean())
+    return out

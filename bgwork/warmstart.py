@@ -75,8 +75,7 @@ def sft(model, demos: list[Episode], *, lr: float = 1e-4, epochs: int = 2, batch
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             batch = [demos[i] for i in order[start:start + batch_size]]
-            input_ids, attention, labels = _batch(batch, pad_token_id, device)
-            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss = action_nll(model, batch, pad_token_id, device)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -86,12 +85,18 @@ def sft(model, demos: list[Episode], *, lr: float = 1e-4, epochs: int = 2, batch
     return losses
 
 
-def _batch(episodes: list[Episode], pad: int, device):
-    """Right-padded prompt+completion; labels only on action tokens (env_mask 1)."""
+def action_nll(model, episodes: list[Episode], pad: int, device):
+    """Mean negative log-likelihood of the action tokens (env_mask 1) given everything before them.
+
+    Left padding puts every completion at the end of its row, so logits are computed for the completion
+    positions only (`logits_to_keep`): the vocabulary projection over long prompts is most of the cost.
+    """
     seqs = [e.prompt_ids + e.completion_ids for e in episodes]
-    masks = [[0] * len(e.prompt_ids) + e.env_mask for e in episodes]
-    width = max(map(len, seqs))
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-    keep = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=device).bool()
-    return ids, attention, ids.masked_fill(~keep, -100)
+    width, keep = max(map(len, seqs)), max(len(e.completion_ids) for e in episodes)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    mask = torch.tensor([[0] * (keep - len(e.env_mask)) + e.env_mask for e in episodes], device=device).bool()
+    logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep + 1).logits[:, :-1].float()
+    targets = ids[:, -keep:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return nll[mask].mean()

@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (bgwork)
+#     language: python
+#     name: bgwork
+# ---
+
+# %% [markdown]
+# # 03 · Full run
+#
+# Does the agent get better at the browser tasks? The model is evaluated on held-out task seeds (never
+# used in training), trained with GRPO (100 steps by default; optionally after a short warm start on
+# scripted demonstrations), and evaluated again on the same seeds. Curves come from the run's TensorBoard
+# files; checkpoints and the final model are under the run directory. It uses the env server at `env.url`,
+# or starts an embedded one.
+
+# %% tags=["parameters"]
+name = "full"
+env = {}
+model = {}
+rollout = {}
+train = {}
+lora = {}
+warmstart = {}
+evaluation = {"episodes_per_task": 10}
+guard = {}
+diagnostics = {}
+run_dir = None
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from bgwork import training
+from bgwork.embedded import env_server
+from bgwork.envclient import EnvClient
+from bgwork.evaluation import evaluate
+from bgwork.models import resolve_model
+from bgwork.params import load_params
+from bgwork.runs import record_metrics, use_run_dir
+
+params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
+                     evaluation=evaluation, guard=guard, diagnostics=diagnostics)
+training.check_params(params)
+run_dir = use_run_dir(run_dir, "03_full_run", params)
+device, dtype = training.device_and_dtype(params.model.dtype)
+print("run dir:", run_dir, "| device:", device)
+
+# %% [markdown]
+# ## Evaluate, train, evaluate
+# The untrained model plays the held-out episodes first; training then starts from the same weights.
+
+# %%
+def held_out(model, tokenizer, client):
+    if not params.evaluation.episodes_per_task:
+        return None
+    return evaluate(model, tokenizer, client, params)[1]
+
+
+with env_server(params.env, log_dir=run_dir) as url:
+    with EnvClient(url, token=params.env.token, timeout=params.env.request_timeout) as client:
+        base = resolve_model(params.model.name, dtype=dtype, device=device)
+        before = held_out(base.model, base.tokenizer, client)
+    result = training.train(params, run_dir, url, resolved=base)  # trains base.model in place (LoRA: injected)
+    with EnvClient(url, token=params.env.token, timeout=params.env.request_timeout) as client:
+        after = held_out(base.model, base.tokenizer, client)
+print("checkpoints and TensorBoard files in", result.output_dir)
+
+# %% [markdown]
+# ## Held-out success rate, before and after
+
+# %%
+if before is not None:
+    table = pd.concat({"untrained": before, "trained": after}, axis=1)
+    display(table.round(3))
+    ax = table.xs("success_rate", axis=1, level=1).plot.bar(figsize=(8, 3.5), rot=0)
+    ax.set_ylabel("success rate (held-out seeds)")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## Curves per step
+# `reward` mean env reward, `reward_std` its spread (0 everywhere = no signal), `entropy` mean token entropy
+# (a sudden drop = collapse), `success_rate`, `format_error_rate` (actions that were not a well-formed call).
+
+# %%
+frame = training.curves(result.output_dir)
+training.plot_curves(frame, title=f"{params.name}: {params.model.name}")
+plt.show()
+frame[[c for c in training.CURVES + ["grad_norm", "step_time"] if c in frame]].round(4).tail(20)
+
+# %% [markdown]
+# ## Figures
+
+# %%
+figures = {f"train/{k}": v for k, v in training.summary(result, frame).items()}
+if before is not None:
+    figures.update({"eval/untrained_success_rate": float(before.loc["all", "success_rate"]),
+                    "eval/trained_success_rate": float(after.loc["all", "success_rate"]),
+                    **{f"eval/trained_success_rate/{t}": float(after.loc[t, "success_rate"]) for t in params.rollout.tasks}})
+record_metrics(run_dir, figures)
+figures

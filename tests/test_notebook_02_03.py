@@ -1,0 +1,42 @@
+"""Notebooks 02 (debug run) and 03 (full run) executed headless by `bgwork run`, tiny random LFM2, real envserver."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bgwork_run(tmp_path, notebook, *args):
+    env = {**os.environ, "BGWORK_RUNS_DIR": str(tmp_path / "runs")}
+    return subprocess.run([sys.executable, "-m", "bgwork", "run", notebook, "-f", str(ROOT / "params/tiny.yaml"), *args],
+                          capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+
+
+def test_debug_run_trains_plots_and_records(tmp_path):
+    out = bgwork_run(tmp_path, "02")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (d,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["train/global_step"] == 2
+    for key in ("final_reward", "final_reward_std", "final_entropy", "final_loss", "final_success_rate"):
+        assert f"train/{key}" in metrics, key
+    out_dir = Path(metrics["train/output_dir"])
+    assert out_dir.parent == d and out_dir.name.startswith("tiny-random-lfm2-browsergym-")
+    assert (out_dir / "checkpoint-2").is_dir() and (out_dir / "final").is_dir()
+    assert list((out_dir / "tensorboard").glob("events.out.tfevents.*"))
+    html = (d / "02_debug_run.html").read_text()
+    assert "data:image/png;base64," in html
+
+
+def test_full_run_evaluates_before_and_after(tmp_path):
+    out = bgwork_run(tmp_path, "03", "-p", "train.max_steps=1", "-p", "train.save_steps=1",
+                     "-p", "evaluation.episodes_per_task=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (d,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["train/global_step"] == 1
+    assert metrics["eval/untrained_success_rate"] == 0.0  # random weights write no valid action
+    assert "eval/trained_success_rate/click-test" in metrics
