@@ -1,0 +1,363 @@
+"""Rollout generation throughput: one episode at a time (batch 1, the original project) vs bgwork's batched waves.
+
+    .venv/bin/python benchmarks/rollout_generation.py --tiny                  # CPU smoke test, seconds
+    .venv/bin/python benchmarks/rollout_generation.py --prepare-carry .bench  # for a GPU box with no network
+    python3 benchmarks/rollout_generation.py --tokenizer .bench/tokenizer --site .bench/site --static
+
+Every generation goes through `bgwork.rollout.EpisodeRunner.generate(model, sequences)`, the method the GRPO
+rollouts use: left-padded batch, sampling at temperature 1, log-probs from the returned logits. The model has
+LFM2-350M's shape with random weights (bf16 on CUDA, fp32 on CPU); `--tiny` swaps in the tiny test LFM2.
+Episodes are synthetic but shaped like MiniWoB ones: a first prompt of 500-700 tokens (bgwork's system prompt,
+goal, accessibility tree), `--turns` turns of `--action-tokens` new tokens, and ~150 tokens of environment text
+appended between turns, the sequence re-sent whole each turn as bgwork does. Random weights almost never emit
+EOS, so every turn generates exactly `--action-tokens` tokens: the work per episode is fixed.
+
+(a) baseline: episodes one after another, each turn a batch-1 generate.
+(b) bgwork: a wave of B episodes, each turn one batched generate over every live episode.
+`first` is the first wave at a batch size (after a process warm-up), `warm` the median of the next `--reps`.
+`--static` repeats (b) with `cache_implementation="static"` (transformers then compiles the decode step) and
+checks that the sampled log-probs still match a plain forward pass over each finished episode.
+
+A GPU box without network needs the SmolLM2 tokenizer and, because `bgwork.rollout` imports `bgwork.actions`
+(BrowserGym -> Playwright, gymnasium), those pure-Python packages: `--prepare-carry DIR` copies them from this
+venv (Playwright without its 100 MB browser driver, which importing never touches) and downloads greenlet's
+CPython 3.12 wheel; `--site DIR` appends DIR to sys.path, so the box's own packages win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LFM2_ATTENTION_LAYERS = [2, 5, 8, 10, 12, 14]  # LFM2-350M: the other 10 of 16 layers are short convolutions
+CARRY_PACKAGES = ["browsergym", "playwright", "pyee", "trio", "outcome", "sortedcontainers", "attr", "attrs",
+                  "gymnasium", "farama_notifications", "cloudpickle", "sniffio", "idna"]
+GREENLET_PIN = "greenlet==3.0.3"  # playwright 1.44 pins it; compiled, so fetched for the GPU box's CPython 3.12
+WORDS = ("submit cancel search name email address city country date phone next previous ok yes no login "
+         "password remember forgot home about contact products price cart checkout help settings profile").split()
+
+
+# --- what travels to a GPU box -----------------------------------------------------------------------
+
+def prepare_carry(dest: Path) -> None:
+    """Tokenizer files + the pure-Python import closure of bgwork.rollout that a bare torch box lacks."""
+    from bgwork.models import BUNDLED_SMOLLM2, model_path
+
+    tok_dir = dest / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    for f in Path(model_path(BUNDLED_SMOLLM2)).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, tok_dir / f.name)
+    site = dest / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    for name in CARRY_PACKAGES:
+        src = Path(__import__(name).__path__[0])
+        shutil.copytree(src, site / name, ignore=shutil.ignore_patterns("__pycache__", "driver", "miniwob"))
+    wheels = dest / "wheels"
+    wheels.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64",
+                    "--platform", "manylinux2014_x86_64", "-d", str(wheels), GREENLET_PIN], check=True)
+    for whl in wheels.glob("greenlet-*.whl"):
+        with zipfile.ZipFile(whl) as zf:
+            zf.extractall(site)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and wheels not in f.parents)
+    print(f"carry folder {dest}: tokenizer + {len(CARRY_PACKAGES)} packages from {src.parent} + greenlet cp312, "
+          f"{size / 2**20:.1f} MiB (wheels/ need not travel)")
+
+
+# --- model and synthetic episodes --------------------------------------------------------------------
+
+def build_model(tiny: bool, vocab_size: int, device: str):
+    import torch
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    if tiny:  # same sizes as bgwork.models' tiny-random-lfm2
+        config = Lfm2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            layer_types=["conv", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=8192, block_auto_adjust_ff_dim=False)
+    else:  # LFM2-350M's public config.json
+        config = Lfm2Config(vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
+                            layer_types=["full_attention" if i in LFM2_ATTENTION_LAYERS else "conv" for i in range(16)],
+                            num_attention_heads=16, num_key_value_heads=8, block_auto_adjust_ff_dim=True,
+                            block_multiple_of=256, block_ffn_dim_multiplier=1.0, conv_L_cache=3, norm_eps=1e-5,
+                            tie_word_embeddings=True, max_position_embeddings=128000,
+                            bos_token_id=1, eos_token_id=7, pad_token_id=0)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = Lfm2ForCausalLM(config).to(dtype)
+    return model.eval()
+
+
+def _axtree(rng: random.Random, lines: int) -> str:
+    """An accessibility tree in BrowserGym's text format, with bids, roles and names."""
+    roles = ["button", "textbox", "link", "checkbox", "StaticText", "option", "combobox", "heading"]
+    out = ["RootWebArea 'Task', focused"]
+    for i in range(lines):
+        role, words = rng.choice(roles), " ".join(rng.choices(WORDS, k=rng.randint(1, 4)))
+        out.append(f"{'  ' * rng.randint(1, 3)}[{13 + i}] {role} '{words.title()}'"
+                   + (", clickable" if role in ("button", "link") else ""))
+    return "\n".join(out)
+
+
+def _fit(make_ids, target: int) -> list[int]:
+    """The token ids of make_ids(lines) with the smallest number of axtree lines reaching `target` tokens."""
+    lo, hi = 0, 1
+    while len(make_ids(hi)) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if len(make_ids(mid)) < target else (lo, mid)
+    return make_ids(hi)
+
+
+@dataclass
+class SyntheticEpisode:
+    prompt_ids: list[int]
+    next_turns: list[str]  # user text of the observations after each action
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    action_mask: list[int] = field(default_factory=list)  # 1 = generated by the model (bgwork's env_mask)
+
+
+def make_episodes(turns_api, n: int, seed: int, turns: int, prompt_range=(500, 700), turn_tokens=150):
+    from bgwork.prompting import user_message
+
+    tok = turns_api.tokenizer
+    episodes = []
+    for k in range(n):
+        rng = random.Random(seed * 100_003 + k)
+        goal = f"Click on the \"{rng.choice(WORDS).title()}\" button, then submit the form."
+        tree = _axtree(rng, 400)
+        first = _fit(lambda m: turns_api.first_prompt(user_message(
+            {"goal": goal, "axtree_txt": "\n".join(tree.splitlines()[:m])}, tok, 10_000)), rng.randint(*prompt_range))
+        nexts = []
+        for t in range(turns - 1):
+            small = _axtree(rng, 60)
+            def user(m):
+                return user_message({"goal": goal, "axtree_txt": "\n".join(small.splitlines()[:m])}, tok, 10_000,
+                                    f"click('{13 + t}')", None)
+            n_lines = next((m for m in range(1, 61) if len(turns_api.next_turn(user(m), True)) >= turn_tokens), 60)
+            nexts.append(user(n_lines))
+        episodes.append(SyntheticEpisode(first, nexts))
+    return episodes
+
+
+# --- playing ------------------------------------------------------------------------------------------
+
+def play(runner, model, episodes: list[SyntheticEpisode], turns: int) -> dict:
+    """All episodes as one wave: per turn one runner.generate over every episode, then the env text appended."""
+    widths, pad_frac, new_tokens = [], [], 0
+    t0 = time.perf_counter()
+    for turn in range(turns):
+        seqs = [e.prompt_ids + e.completion_ids for e in episodes]
+        w = max(map(len, seqs))
+        widths.append(w)
+        pad_frac.append(1 - sum(map(len, seqs)) / (w * len(seqs)))
+        outputs = runner.generate(model, seqs)
+        for e, (ids, logps) in zip(episodes, outputs):
+            e.completion_ids += ids
+            e.logprobs += logps
+            e.action_mask += [1] * len(ids)
+            new_tokens += len(ids)
+            if turn < turns - 1:
+                env = runner.turns.next_turn(e.next_turns[turn], runner.turns.ends_with_eos(ids))
+                e.completion_ids += env
+                e.logprobs += [0.0] * len(env)
+                e.action_mask += [0] * len(env)
+    _sync()
+    return {"seconds": time.perf_counter() - t0, "new_tokens": new_tokens, "episodes": len(episodes),
+            "widths": widths, "pad_fraction": [round(p, 3) for p in pad_frac]}
+
+
+def play_one_at_a_time(runner, model, episodes, turns: int) -> list[dict]:
+    return [play(runner, model, [e], turns) for e in episodes]
+
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def rates(runs: list[dict]) -> dict:
+    s = sum(r["seconds"] for r in runs)
+    return {"seconds": s, "episodes": sum(r["episodes"] for r in runs), "new_tokens": sum(r["new_tokens"] for r in runs),
+            "tok_per_s": sum(r["new_tokens"] for r in runs) / s, "episodes_per_s": sum(r["episodes"] for r in runs) / s}
+
+
+def measure_batched(runner, model, tag, sizes, reps, turns, seed, log) -> list[dict]:
+    rows = []
+    for b in sizes:
+        first = rates([play(runner, model, make_episodes(runner.turns, b, seed + 1000 * b, turns), turns)])
+        warm_runs = [play(runner, model, make_episodes(runner.turns, b, seed + 1000 * b + r + 1, turns), turns)
+                     for r in range(reps)]
+        warm = rates([sorted(warm_runs, key=lambda r: r["seconds"])[len(warm_runs) // 2]])  # median wave
+        rows.append({"mode": tag, "batch": b, "first": first, "warm": warm,
+                     "widths": warm_runs[0]["widths"], "pad_fraction": warm_runs[0]["pad_fraction"]})
+        log(rows[-1])
+    return rows
+
+
+# --- log-prob check -----------------------------------------------------------------------------------
+
+def logprob_check(model, episodes: list[SyntheticEpisode], temperature: float, pad_id: int) -> dict:
+    """Sampling log-probs vs a plain unpadded forward over each finished episode (what the trainer recomputes).
+
+    Control: the same forward with 64 pad tokens in front that are NOT masked out, i.e. what a padding-mask bug
+    would do, to show how large a real error looks next to bf16 noise. (A uniform position shift is no
+    control: RoPE only sees relative positions.)
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    diffs, control = [], []
+    with torch.no_grad():
+        for e in episodes:
+            ids = torch.tensor([e.prompt_ids + e.completion_ids], device=device)
+            mask = torch.tensor(e.action_mask, device=device, dtype=torch.bool)
+            targets = ids[0, len(e.prompt_ids):]
+            sampled = torch.tensor(e.logprobs, device=device)[mask]
+            for pads, sink in ((0, diffs), (64, control)):
+                x = torch.cat([torch.full((1, pads), pad_id, device=device), ids], 1)
+                logits = model(input_ids=x).logits[0, pads + len(e.prompt_ids) - 1:-1].float()
+                lp = torch.log_softmax(logits / temperature, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                sink.append((lp[mask] - sampled).abs())
+    d, c = torch.cat(diffs), torch.cat(control)
+    return {"tokens": int(d.numel()), "max_abs": float(d.max()), "mean_abs": float(d.mean()),
+            "control_unmasked_pads_mean_abs": float(c.mean()), "control_unmasked_pads_max_abs": float(c.max())}
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny LFM2 (CPU smoke test) instead of LFM2-350M's shape")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: bgwork's bundled SmolLM2, built here if needed)")
+    p.add_argument("--site", help="extra package dir appended to sys.path (see --prepare-carry)")
+    p.add_argument("--prepare-carry", metavar="DIR", help="write tokenizer + packages for a GPU box, then exit")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64])
+    p.add_argument("--baseline-episodes", type=int, default=8)
+    p.add_argument("--reps", type=int, default=3, help="warm waves per batch size (median reported)")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--action-tokens", type=int, default=32, help="max_action_tokens (bgwork's default)")
+    p.add_argument("--static", action="store_true", help="also time cache_implementation='static'")
+    p.add_argument("--static-budget-s", type=float, default=240, help="skip further static sizes after this long")
+    p.add_argument("--json", help="write all figures here")
+    args = p.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    if args.prepare_carry:
+        prepare_carry(Path(args.prepare_carry))
+        return
+    if args.site:
+        sys.path.append(str(Path(args.site).resolve()))
+
+    import torch
+    import transformers
+
+    from bgwork.config import RolloutParams
+    from bgwork.envclient import EnvClient
+    from bgwork.models import BUNDLED_SMOLLM2, load_tokenizer, model_path
+    from bgwork.rollout import EpisodeRunner
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.tiny:
+        print("no GPU: LFM2-350M's shape on CPU takes minutes; pass --tiny for a smoke test", file=sys.stderr)
+    tokenizer = load_tokenizer(args.tokenizer or model_path(BUNDLED_SMOLLM2))
+    model = build_model(args.tiny, len(tokenizer), device)
+    params = RolloutParams(max_action_tokens=args.action_tokens, max_episode_steps=args.turns)
+    max_b = max(args.batch_sizes)
+    # The runner's env client is never called here: generation is measured alone.
+    runner = EpisodeRunner(EnvClient("http://127.0.0.1:9"), tokenizer, params, temperature=1.0,
+                           max_completion_length=4096, max_parallel=max_b)
+    info = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype),
+            "tiny": args.tiny, "turns": args.turns, "action_tokens": args.action_tokens,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    print(json.dumps(info))
+    results = {"info": info, "rows": []}
+
+    def log(row):
+        results["rows"].append(row)
+        f, w = row["first"], row["warm"]
+        print(f"{row['mode']:>8} B={row['batch']:<3} first {f['seconds']:7.2f}s {f['tok_per_s']:8.0f} tok/s | warm "
+              f"{w['seconds']:7.2f}s {w['tok_per_s']:8.0f} tok/s {w['episodes_per_s']:7.2f} ep/s  widths {row['widths']}",
+              flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+    t_start = time.perf_counter()
+    play(runner, model, make_episodes(runner.turns, 2, 7, 1, (64, 96), 40), 1)  # process warm-up: CUDA context, kernels
+
+    # (a) the original: one episode at a time, batch 1.
+    runs = play_one_at_a_time(runner, model, make_episodes(runner.turns, args.baseline_episodes, 1, args.turns), args.turns)
+    log({"mode": "batch1", "batch": 1, "first": rates(runs[:1]), "warm": rates(runs[1:] or runs),
+         "widths": runs[-1]["widths"], "pad_fraction": runs[-1]["pad_fraction"]})
+    base = results["rows"][-1]["warm"]["episodes_per_s"]
+
+    # (b) bgwork: one batched generate per turn over the whole wave.
+    measure_batched(runner, model, "dynamic", args.batch_sizes, args.reps, args.turns, 10, log)
+    check_eps = make_episodes(runner.turns, max_b, 99, args.turns)
+    play(runner, model, check_eps, args.turns)
+    results["logprob_check"] = {"dynamic": logprob_check(model, check_eps, runner.temperature, tokenizer.pad_token_id)}
+    print("logprob check, dynamic:", results["logprob_check"]["dynamic"], flush=True)
+
+    if args.static:
+        # transformers >= 5.2x: size the static cache once for the longest episode, so later turns and waves
+        # reuse it instead of re-allocating (and recompiling); older versions grow it as needed.
+        model.generation_config.cache_implementation = "static"
+        if hasattr(transformers.GenerationConfig(), "max_cache_len"):
+            model.generation_config.max_cache_len = 700 + args.turns * (args.action_tokens + 200)
+        info["static_max_cache_len"] = getattr(model.generation_config, "max_cache_len", None)
+        t0 = time.perf_counter()
+        for b in args.batch_sizes:
+            if time.perf_counter() - t0 > args.static_budget_s:
+                print(f"static: budget spent, skipping B={b}", flush=True)
+                continue
+            try:
+                measure_batched(runner, model, "static", [b], args.reps, args.turns, 10, log)
+            except Exception as e:  # report and keep the dynamic figures
+                print(f"static B={b} failed: {type(e).__name__}: {e}", flush=True)
+                results.setdefault("errors", []).append(f"static B={b}: {type(e).__name__}: {e}")
+        try:
+            check_eps = make_episodes(runner.turns, max_b, 99, args.turns)
+            play(runner, model, check_eps, args.turns)
+            results["logprob_check"]["static"] = logprob_check(model, check_eps, runner.temperature, tokenizer.pad_token_id)
+            print("logprob check, static:", results["logprob_check"]["static"], flush=True)
+        except Exception as e:
+            print(f"static check failed: {type(e).__name__}: {e}", flush=True)
+            results.setdefault("errors", []).append(f"static check: {type(e).__name__}: {e}")
+        model.generation_config.cache_implementation = None
+    runner.close()
+
+    print(f"\n| mode | B | first wave s | warm wave s | warm new tok/s | warm episodes/s | speed-up vs batch 1 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results["rows"]:
+        w = r["warm"]
+        per = "per episode" if r["batch"] == 1 else "per wave"
+        print(f"| {r['mode']} | {r['batch']} | {r['first']['seconds']:.2f} | {w['seconds'] / (w['episodes'] if r['batch'] == 1 else 1):.2f} ({per}) "
+              f"| {w['tok_per_s']:.0f} | {w['episodes_per_s']:.2f} | {w['episodes_per_s'] / base:.1f}x |")
+    results["total_s"] = time.perf_counter() - t_start
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"total {results['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
