@@ -126,9 +126,9 @@ class RolloutParams:
 
     tasks: list[str] = _f(["click-test"], "MiniWoB tasks episodes are drawn from (the curriculum)")
     task_weights: list[float] | None = _f(None, "sampling weight per task, same order as tasks (null = equal)")
-    max_episode_steps: int = _f(5, "browser actions per episode at most", min=1, max=50)
-    max_action_tokens: int = _f(32, "new tokens the model may generate per action (turn)", min=4, max=1024)
-    obs_max_tokens: int = _f(384, "the accessibility tree is truncated to this many tokens in each turn", min=16)
+    max_episode_steps: int = _f(2, "browser actions per episode at most", min=1, max=50)
+    max_action_tokens: int = _f(16, "new tokens the model may generate per action (turn)", min=4, max=1024)
+    obs_max_tokens: int = _f(256, "the accessibility tree is truncated to this many tokens in each turn", min=16)
     repair_unquoted_bids: bool = _f(True, "rewrite click(13) as click('13') before sending (still counted as a format error)")
     format_reward: float = _f(0.0, "shaping: added to the reward per well-formed action / steps taken (0 = off)", min=0.0, max=1.0)
     step_penalty: float = _f(0.0, "shaping: subtracted per browser step taken (0 = off)", min=0.0, max=1.0)
@@ -140,12 +140,16 @@ class RolloutParams:
 
 @dataclass
 class TrainParams:
-    """GRPO (TRL GRPOTrainer) settings; names follow TRL's GRPOConfig."""
+    """GRPO (TRL GRPOTrainer) settings; names follow TRL's GRPOConfig.
 
-    max_steps: int = _f(100, "optimizer steps", min=1)
-    learning_rate: float = _f(1e-6, "peak learning rate", min=0.0)
+    The defaults are a quick CPU debug run (notebook 02 in ~10 min with the bundled model and LoRA);
+    params/full.yaml and params/lfm2_350m_*.yaml hold the long runs (the original's LR 1e-6, 100 steps).
+    """
+
+    max_steps: int = _f(3, "optimizer steps", min=1)
+    learning_rate: float = _f(1e-4, "peak learning rate (LoRA default; a full fine-tune wants ~1e-6)", min=0.0)
     lr_scheduler_type: Literal["linear", "constant", "constant_with_warmup", "cosine"] = _f("constant_with_warmup", "LR schedule after warmup")
-    warmup_steps: int = _f(10, "linear LR warmup steps", min=0)
+    warmup_steps: int = _f(0, "linear LR warmup steps", min=0)
     num_generations: int = _f(4, "episodes per (task, seed) group; GRPO's advantage compares them", min=2)
     per_device_train_batch_size: int = _f(4, "episodes per forward/backward micro-batch", min=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
@@ -156,12 +160,12 @@ class TrainParams:
     epsilon: float = _f(0.2, "PPO clip range", min=0.0)
     num_iterations: int = _f(1, "optimisation passes per generation round", min=1)
     temperature: float = _f(1.0, "sampling temperature (also used when recomputing log-probs)", min=0.01)
-    max_completion_length: int = _f(1024, "tokens of one episode's completion (actions + later observations) at most; the episode stops there", min=8)
+    max_completion_length: int = _f(256, "tokens of one episode's completion (actions + later observations) at most; the episode stops there", min=8)
     max_grad_norm: float = _f(1.0, "gradient clipping", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     gradient_checkpointing: bool = _f(False, "trade compute for memory (useful on GPU with long episodes)")
     logging_steps: int = _f(1, "log every N steps", min=1)
-    save_steps: int = _f(50, "checkpoint every N steps", min=1)
+    save_steps: int = _f(3, "checkpoint every N steps", min=1)
     save_total_limit: int | None = _f(2, "keep at most N checkpoints (null = all)", min=1)
     resume_from_checkpoint: str | None = _f(None, "'latest' (newest checkpoint in the run dir) or a checkpoint path")
     use_vllm: bool = _f(False, "generate with TRL's vLLM integration (optional extra, GPU only)")
@@ -172,13 +176,14 @@ class TrainParams:
 class LoraParams:
     """LoRA adapters (peft) instead of a full fine-tune."""
 
-    enabled: bool = _f(False, "train LoRA adapters only")
+    enabled: bool = _f(True, "train LoRA adapters only (false: full fine-tune)")
     r: int = _f(8, "adapter rank", min=1)
     alpha: int = _f(16, "lora_alpha", min=1)
     dropout: float = _f(0.0, "lora_dropout", min=0.0, max=1.0)
-    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3", "in_proj"],
-                                   "module names that get adapters (each must exist in the model); LFM2's by default; "
-                                   "SmolLM2/Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj; ['all-linear'] = every linear")
+    target_modules: list[str] = _f(["all-linear"],
+                                   "module names that get adapters, each must exist in the model; ['all-linear'] = every "
+                                   "linear layer but lm_head. LFM2: q_proj k_proj v_proj out_proj w1 w2 w3 in_proj; "
+                                   "SmolLM2/Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj")
 
 
 @dataclass

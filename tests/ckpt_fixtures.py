@@ -74,11 +74,27 @@ def model_bytes(ckpt: Path) -> int:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def export_fixtures(root: Path) -> dict[str, Path]:
-    """Checkpoints to export: a full tiny LFM2 (hidden 256, so K-quants apply to whole rows) and a LoRA on it.
+EXPORT_FIXTURES_VERSION = "export-v1"  # bump when export_fixtures changes
 
-    The LoRA's B matrices are random (init_lora_weights=False), so merging it visibly changes the model.
-    """
+
+def cached_export_fixtures() -> dict[str, Path]:
+    """export_fixtures built once under the bgwork cache dir (deterministic: fixed seeds), then reused."""
+    from bgwork.models import _build_lock, cache_dir
+
+    root = cache_dir() / "test-fixtures" / EXPORT_FIXTURES_VERSION
+    paths = {"full": root / "runs" / "full" / "lfm2-browsergym" / "checkpoint-3",
+             "lora": root / "runs" / "lora" / "lfm2-browsergym" / "checkpoint-2"}
+    with _build_lock(EXPORT_FIXTURES_VERSION):
+        if not (root / "DONE").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            assert export_fixtures(root) == paths
+            (root / "DONE").write_text("ok\n")
+    return paths
+
+
+def export_fixtures(root: Path) -> dict[str, Path]:
+    """Checkpoints to export: a full tiny LFM2 (hidden 256, so K-quants apply to whole rows) and a LoRA on it,
+    each trained a few steps so its logits are peaked."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

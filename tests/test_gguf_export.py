@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ckpt_fixtures import export_fixtures
+from ckpt_fixtures import cached_export_fixtures
 
 from bgwork import gguf_export as gx
 from bgwork import runner
@@ -62,8 +62,8 @@ def test_rules_fallbacks_for_rows_not_multiple_of_256():
 # --- real exports ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return export_fixtures(tmp_path_factory.mktemp("ckpts"))
+def checkpoints():
+    return cached_export_fixtures()
 
 
 def test_export_full_checkpoint_all_four_verified(checkpoints, tmp_path):

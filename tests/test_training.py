@@ -26,8 +26,10 @@ TINY = {
     "rollout": {"tasks": ["click-test"], "max_episode_steps": 2, "max_action_tokens": 8, "obs_max_tokens": 128},
     "train": {"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
               "warmup_steps": 0, "save_steps": 1, "save_total_limit": 2, "max_completion_length": 256},
+    "lora": {"enabled": False},
     "guard": {"mode": "off"},
 }
+LFM2_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3", "in_proj"]
 TB_TAGS = {"reward", "reward_std", "frac_reward_zero_std", "entropy", "loss", "grad_norm", "success_rate",
            "success_rate/click-test", "format_error_rate", "episode_steps"}
 
@@ -67,8 +69,9 @@ def test_lora_modules_must_exist(tiny):
     llama_names = tiny_params(lora={"enabled": True, "target_modules": ["q_proj", "o_proj", "gate_proj"]}).lora
     with pytest.raises(TrainingSetupError, match=r"\['o_proj', 'gate_proj'\] match no module of Lfm2ForCausalLM"):
         lora_config(llama_names, tiny.model)
-    cfg = lora_config(tiny_params(lora={"enabled": True}).lora, tiny.model)  # LFM2 defaults all exist
-    assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3", "in_proj"}
+    cfg = lora_config(tiny_params(lora={"enabled": True, "target_modules": LFM2_MODULES}).lora, tiny.model)
+    assert set(cfg.target_modules) == set(LFM2_MODULES)
+    assert lora_config(tiny_params(lora={"enabled": True}).lora, tiny.model).target_modules == "all-linear"
 
 
 def test_unknown_task_names_the_key(client):
@@ -189,7 +192,8 @@ def test_full_finetune_two_steps_checkpoint_tensorboard_and_resume(envserver, tm
 
 
 def test_lora_two_steps(envserver, tmp_path):
-    r = train(tiny_params(lora={"enabled": True, "r": 4, "alpha": 8}), tmp_path, envserver.url)
+    r = train(tiny_params(lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": LFM2_MODULES}),
+              tmp_path, envserver.url)
     assert r.global_step == 2
     assert (r.final_dir / "adapter_config.json").exists() and not (r.final_dir / "model.safetensors").exists()
     assert TB_TAGS <= set(scalars(r.output_dir))
