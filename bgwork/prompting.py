@@ -8,6 +8,8 @@ exactly the tokens it is trained on.
 
 from __future__ import annotations
 
+import re
+
 SYSTEM_PROMPT = """You operate a web browser to reach a goal. You see the page's accessibility tree: each element \
 has an id in brackets, e.g. [13] button 'Click Me!' has id '13'.
 Answer with exactly ONE action, nothing else. The id is always a quoted string:
@@ -18,7 +20,19 @@ focus('12')
 select_option('7', 'Option name')
 noop()"""
 
+# Two worked turns before the real one. A 135M model ignores examples written into the system prompt
+# (measured: 100% format errors, greedy) but copies the shape of earlier chat turns (13%).
+FEW_SHOT = [
+    ("Goal: Click the button labelled \"OK\".\n\nPage observation:\nRootWebArea 'Example Task', focused\n"
+     "\t[7] button 'Cancel'\n\t[9] button 'OK'", "click('9')"),
+    ("Goal: Enter \"Kim\" into the text field.\n\nPage observation:\nRootWebArea 'Example Task', focused\n"
+     "\t[12] textbox ''", "fill('12', 'Kim')"),
+]
+
 _PLACEHOLDER = "\x00ACTION\x00"
+# The root's url attribute is a file:// path of this machine: noise for the model, and it would make
+# prompts (and their token counts) differ between installs.
+_ROOT_URL = re.compile(r", url='[^']*'")
 
 
 def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
@@ -35,7 +49,7 @@ def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
 def user_message(observation: dict, tokenizer, obs_max_tokens: int, previous_action: str | None = None,
                  previous_error: str | None = None) -> str:
     """The user turn: goal, page (accessibility tree within a token budget), and the previous action's outcome."""
-    page = truncate_to_tokens(tokenizer, observation.get("axtree_txt") or "", obs_max_tokens)
+    page = truncate_to_tokens(tokenizer, _ROOT_URL.sub("", observation.get("axtree_txt") or "", count=1), obs_max_tokens)
     text = f"Goal: {observation.get('goal', '')}\n\nPage observation:\n{page}"
     if previous_action is not None:
         text += f"\n\nPrevious action: {previous_action}"
@@ -47,9 +61,11 @@ def user_message(observation: dict, tokenizer, obs_max_tokens: int, previous_act
 class Turns:
     """Token pieces of a multi-turn episode, derived once from the tokenizer's chat template."""
 
-    def __init__(self, tokenizer, system_prompt: str = SYSTEM_PROMPT):
+    def __init__(self, tokenizer, system_prompt: str = SYSTEM_PROMPT, examples=FEW_SHOT):
         self.tokenizer = tokenizer
-        self.system = [{"role": "system", "content": system_prompt}]
+        self.system = [{"role": "system", "content": system_prompt}]  # + the worked example turns
+        for user, assistant in examples:
+            self.system += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         base = self._render(self.system + [{"role": "user", "content": "u"},
                                            {"role": "assistant", "content": _PLACEHOLDER}])
         if _PLACEHOLDER not in base:

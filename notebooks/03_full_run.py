@@ -102,6 +102,7 @@ figures = {f"train/{k}": v for k, v in training.summary(result, frame).items()}
 if before is not None:
     figures.update({"eval/untrained_success_rate": float(before.loc["all", "success_rate"]),
                     "eval/trained_success_rate": float(after.loc["all", "success_rate"]),
+                    **{f"eval/untrained_success_rate/{t}": float(before.loc[t, "success_rate"]) for t in params.rollout.tasks},
                     **{f"eval/trained_success_rate/{t}": float(after.loc[t, "success_rate"]) for t in params.rollout.tasks}})
 record_metrics(run_dir, figures)
 figures
