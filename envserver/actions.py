@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import typing
 from dataclasses import dataclass
 
 from browsergym.core.action import functions as bg_functions
@@ -103,3 +104,19 @@ def _check_signature(name: str, args: tuple, kwargs: tuple) -> None:
             raise ActionError(f"{name}(): {param} must be a quoted string, got {value!r}")
         if annotation in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ActionError(f"{name}(): {param} must be a number, got {value!r}")
+        _check_choices(name, param, annotation, value)
+
+
+def _check_choices(name: str, param: str, annotation, value) -> None:
+    """Literal[...] parameters (click's button, its modifiers) take only their listed values: a model that
+    writes click('13', 'Click Me!') learns why, instead of BrowserGym failing inside the page."""
+    if typing.get_origin(annotation) is list and isinstance(value, list):
+        (annotation,) = typing.get_args(annotation) or (None,)
+        values = value
+    else:
+        values = [value]
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ActionError(f"{name}(): {param} must be one of {', '.join(map(repr, choices))}, got {bad[0]!r}")

@@ -38,6 +38,8 @@ def test_valid_actions_are_reserialised(text, canonical):
     ("click()", "missing a required argument"),
     ("scroll('up', 3)", "must be a number"),
     ("fill('4', 5)", "must be a quoted string"),
+    ("click('13', 'Click Me!')", "button must be one of 'left', 'middle', 'right', got 'Click Me!'"),
+    ("click('13', modifiers=['Shift', 'Hyper'])", "modifiers must be one of"),
     ("x" * (MAX_ACTION_CHARS + 1), "at most"),
     ("click('\udc80')", "not valid UTF-8"),
 ])
