@@ -30,9 +30,12 @@ warmstart = {}
 evaluation = {"episodes_per_task": 10}
 guard = {}
 diagnostics = {}
+export = {}  # export.after_training: true writes and verifies GGUF files of the final model (as notebook 06)
 run_dir = None
 
 # %%
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -45,7 +48,7 @@ from bgwork.params import load_params
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
-                     evaluation=evaluation, guard=guard, diagnostics=diagnostics)
+                     evaluation=evaluation, guard=guard, diagnostics=diagnostics, export=export)
 training.check_params(params)
 run_dir = use_run_dir(run_dir, "03_full_run", params)
 device, dtype = training.device_and_dtype(params.model.dtype)
@@ -106,3 +109,23 @@ if before is not None:
                     **{f"eval/trained_success_rate/{t}": float(after.loc[t, "success_rate"]) for t in params.rollout.tasks}})
 record_metrics(run_dir, figures)
 figures
+
+# %% [markdown]
+# ## GGUF export of the final model (only with `export.after_training: true`)
+# The same export and llama.cpp verification as notebook 06 (LoRA merged into its base first).
+
+# %%
+if params.export.after_training:
+    from bgwork import gguf_export as gx
+
+    p = params.export
+    rows = gx.export_checkpoint(result.final_dir, Path(p.out_dir or Path(run_dir) / "gguf"), p.quants,
+                                verify=p.verify, prompts=p.prompts, gen_tokens=p.gen_tokens, min_cosine=p.min_cosine,
+                                check_reference=p.check_reference, strict=False)
+    gguf = pd.DataFrame(rows).reindex(columns=["quant", "MB", "export_s", "min_cosine", "top_token_same",
+                                               "greedy_same", "ok", "path"])
+    display(gguf)
+    record_metrics(run_dir, {"export/files": gguf.set_index("quant").to_dict(orient="index"),
+                             "export/all_ok": bool(gguf["ok"].fillna(True).all())})
+    if not gguf["ok"].fillna(True).all():
+        raise AssertionError(f"llama.cpp disagrees with the HF model for {list(gguf.loc[~gguf['ok'], 'quant'])}")

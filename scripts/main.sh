@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/bgwork run 01 02 -f params/debug.yaml "$@"
+exec .venv/bin/bgwork run 01 02 "$@"   # defaults embedded in the notebooks; params/debug.yaml spells them out

@@ -32,11 +32,19 @@ def test_debug_run_trains_plots_and_records(tmp_path):
 
 
 def test_full_run_evaluates_before_and_after(tmp_path):
+    """LoRA over a warm start, then the optional GGUF export of the final model (random weights: sizes and
+    plumbing only, verification is test_gguf_export's job)."""
     out = bgwork_run(tmp_path, "03", "-p", "train.max_steps=1", "-p", "train.save_steps=1",
-                     "-p", "evaluation.episodes_per_task=2")
+                     "-p", "evaluation.episodes_per_task=2", "-p", "warmstart.episodes_per_task=2",
+                     "-p", "export.after_training=true", "-p", "export.quants=[F16, Q8_0]", "-p", "export.verify=false")
     assert out.returncode == 0, out.stderr[-3000:]
     (d,) = (tmp_path / "runs").iterdir()
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["train/global_step"] == 1
     assert metrics["eval/untrained_success_rate"] == 0.0  # random weights write no valid action
     assert "eval/trained_success_rate/click-test" in metrics
+    final = Path(metrics["train/final_dir"])
+    base = json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base) == final.parent / "warmstart"  # the adapter sits on the warm-started weights
+    assert set(metrics["export/files"]) == {"F16", "Q8_0"}
+    assert all(Path(f["path"]).stat().st_size > 0 for f in metrics["export/files"].values())

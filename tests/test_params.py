@@ -1,5 +1,7 @@
 """bgwork.params: YAML / dict / -p overrides -> typed Params, and one clear message for each kind of mistake."""
 
+from pathlib import Path
+
 import pytest
 
 from bgwork.config import Params
@@ -74,3 +76,7 @@ def test_resolved_yaml_round_trips(tmp_path):
     dump_yaml(p, tmp_path / "params.yaml")
     assert load_params(tmp_path / "params.yaml") == p
     assert read_yaml(tmp_path / "params.yaml")["smoke"]["tasks"] == ["x"]
+
+
+def test_debug_yaml_spells_out_the_defaults_the_main_job_runs_on():
+    assert load_params(Path(__file__).resolve().parents[1] / "params/debug.yaml") == Params()
