@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rollout_generation.py --tiny                  # CPU smoke test, seconds
     .venv/bin/python benchmarks/rollout_generation.py --prepare-carry .bench  # for a GPU box with no network
-    python3 benchmarks/rollout_generation.py --tokenizer .bench/tokenizer --site .bench/site --static
+    python3 benchmarks/rollout_generation.py --tokenizer .bench/tokenizer --site .bench/site --static --no-cudnn-sdp
 
 Every generation goes through `bgwork.rollout.EpisodeRunner.generate(model, sequences)`, the method the GRPO
 rollouts use: left-padded batch, sampling at temperature 1, log-probs from the returned logits. The model has
@@ -17,6 +17,8 @@ EOS, so every turn generates exactly `--action-tokens` tokens: the work per epis
 `first` is the first wave at a batch size (after a process warm-up), `warm` the median of the next `--reps`.
 `--static` repeats (b) with `cache_implementation="static"` (transformers then compiles the decode step) and
 checks that the sampled log-probs still match a plain forward pass over each finished episode.
+`--no-cudnn-sdp` keeps attention off SDPA's cuDNN backend, which torch 2.11 picks on an H100 and which made
+every first encounter of a sequence length slow there (docs/benchmarks.md: batch-1 episodes 2.7x slower).
 
 A GPU box without network needs the SmolLM2 tokenizer and, because `bgwork.rollout` imports `bgwork.actions`
 (BrowserGym -> Playwright, gymnasium), those pure-Python packages: `--prepare-carry DIR` copies them from this
@@ -42,7 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LFM2_ATTENTION_LAYERS = [2, 5, 8, 10, 12, 14]  # LFM2-350M: the other 10 of 16 layers are short convolutions
 CARRY_PACKAGES = ["browsergym", "playwright", "pyee", "trio", "outcome", "sortedcontainers", "attr", "attrs",
-                  "gymnasium", "farama_notifications", "cloudpickle", "sniffio", "idna"]
+                  "gymnasium", "farama_notifications", "cloudpickle", "sniffio", "idna",
+                  "pyparsing"]  # browsergym.core.action.parsers imports it; a bare torch image need not have it
 GREENLET_PIN = "greenlet==3.0.3"  # playwright 1.44 pins it; compiled, so fetched for the GPU box's CPython 3.12
 WORDS = ("submit cancel search name email address city country date phone next previous ok yes no login "
          "password remember forgot home about contact products price cart checkout help settings profile").split()
@@ -257,6 +260,7 @@ def main() -> None:
     p.add_argument("--action-tokens", type=int, default=32, help="max_action_tokens (bgwork's default)")
     p.add_argument("--static", action="store_true", help="also time cache_implementation='static'")
     p.add_argument("--static-budget-s", type=float, default=240, help="skip further static sizes after this long")
+    p.add_argument("--no-cudnn-sdp", action="store_true", help="keep SDPA off its cuDNN backend (see main)")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args()
 
@@ -276,6 +280,10 @@ def main() -> None:
     from bgwork.rollout import EpisodeRunner
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.no_cudnn_sdp:
+        # torch picks cuDNN attention on Hopper, which builds an execution plan per new shape; a dynamic-cache
+        # decode meets a new key length every step, and on an H100 these builds outweighed the math (2.7x at B=1).
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if device == "cpu" and not args.tiny:
         print("no GPU: LFM2-350M's shape on CPU takes minutes; pass --tiny for a smoke test", file=sys.stderr)
     tokenizer = load_tokenizer(args.tokenizer or model_path(BUNDLED_SMOLLM2))
@@ -288,6 +296,7 @@ def main() -> None:
     info = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "parameters": sum(p.numel() for p in model.parameters()), "dtype": str(next(model.parameters()).dtype),
+            "cudnn_sdp": torch.backends.cuda.cudnn_sdp_enabled(),
             "tiny": args.tiny, "turns": args.turns, "action_tokens": args.action_tokens,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     print(json.dumps(info))
@@ -315,7 +324,8 @@ def main() -> None:
     measure_batched(runner, model, "dynamic", args.batch_sizes, args.reps, args.turns, 10, log)
     check_eps = make_episodes(runner.turns, max_b, 99, args.turns)
     play(runner, model, check_eps, args.turns)
-    results["logprob_check"] = {"dynamic": logprob_check(model, check_eps, runner.temperature, tokenizer.pad_token_id)}
+    results["logprob_check"] = {"dynamic": {"batch": max_b, **logprob_check(model, check_eps, runner.temperature,
+                                                                          tokenizer.pad_token_id)}}
     print("logprob check, dynamic:", results["logprob_check"]["dynamic"], flush=True)
 
     if args.static:
@@ -325,20 +335,24 @@ def main() -> None:
         if hasattr(transformers.GenerationConfig(), "max_cache_len"):
             model.generation_config.max_cache_len = 700 + args.turns * (args.action_tokens + 200)
         info["static_max_cache_len"] = getattr(model.generation_config, "max_cache_len", None)
-        t0 = time.perf_counter()
+        t0, done = time.perf_counter(), []
         for b in args.batch_sizes:
             if time.perf_counter() - t0 > args.static_budget_s:
                 print(f"static: budget spent, skipping B={b}", flush=True)
                 continue
             try:
                 measure_batched(runner, model, "static", [b], args.reps, args.turns, 10, log)
+                done.append(b)
             except Exception as e:  # report and keep the dynamic figures
                 print(f"static B={b} failed: {type(e).__name__}: {e}", flush=True)
                 results.setdefault("errors", []).append(f"static B={b}: {type(e).__name__}: {e}")
         try:
-            check_eps = make_episodes(runner.turns, max_b, 99, args.turns)
+            # at a batch size already compiled: a skipped one would spend the budget on a new compilation
+            check_b = max(done, default=min(args.batch_sizes))
+            check_eps = make_episodes(runner.turns, check_b, 99, args.turns)
             play(runner, model, check_eps, args.turns)
-            results["logprob_check"]["static"] = logprob_check(model, check_eps, runner.temperature, tokenizer.pad_token_id)
+            results["logprob_check"]["static"] = {"batch": check_b, **logprob_check(
+                model, check_eps, runner.temperature, tokenizer.pad_token_id)}
             print("logprob check, static:", results["logprob_check"]["static"], flush=True)
         except Exception as e:
             print(f"static check failed: {type(e).__name__}: {e}", flush=True)
