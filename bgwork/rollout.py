@@ -16,6 +16,7 @@ group baseline).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -245,11 +246,12 @@ class EpisodeRunner:
         model.eval()
         try:
             sampling = {} if self.greedy else dict(temperature=self.temperature, top_k=0, top_p=1.0, min_p=None)
-            out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, do_sample=not self.greedy, **sampling,
-                max_new_tokens=self.params.max_action_tokens,
-                pad_token_id=pad, eos_token_id=sorted(self.turns.eos_ids),
-                output_logits=True, return_dict_in_generate=True)
+            with _generation_attention(device):
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, do_sample=not self.greedy, **sampling,
+                    max_new_tokens=self.params.max_action_tokens,
+                    pad_token_id=pad, eos_token_id=sorted(self.turns.eos_ids),
+                    output_logits=True, return_dict_in_generate=True)
         finally:
             model.train(was_training)
         new = out.sequences[:, width:]
@@ -311,3 +313,14 @@ def success_table(episodes: list[Episode]):
                           "mean_steps": [df["steps"].mean()],
                           "format_error_rate": [df["format_errors"].sum() / max(df["steps"].sum(), 1)]}, index=["all"])
     return pd.concat([table, total])
+
+
+def _generation_attention(device: torch.device):
+    """On CUDA, generate without cuDNN attention: it plans anew for every sequence length it meets, and
+    rollouts meet a new one each decode step (H100: batch-1 episodes 2.7x slower, 128-episode waves 1.4x;
+    docs/benchmarks.md, "Rollout generation (GPU)"). Training passes keep the default backends."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
