@@ -56,6 +56,7 @@ def llama_cpp_dir() -> Path:
         if (target / "convert_hf_to_gguf.py").exists():
             return target
         sdist = _download_sdist()
+        target.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache folder yet
         tmp = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=target.parent))
         try:
             with tarfile.open(sdist) as tf:

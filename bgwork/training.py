@@ -306,7 +306,7 @@ def warm_start(params: Params, resolved, client, out_dir: Path) -> dict:
     if params.lora.enabled:
         resolved.model = model.merge_and_unload()
     # GRPO's LoRA adapters name their base after this: it must be the warm-started weights, not the original.
-    resolved.model.config._name_or_path = str(out_dir)
+    resolved.model.config._name_or_path = resolved.model.name_or_path = str(out_dir)
     resolved.model.save_pretrained(out_dir)
     resolved.tokenizer.save_pretrained(out_dir)
     info = {"demos": len(demos), "episodes_tried": len(specs), "first_loss": losses[0], "last_loss": losses[-1],

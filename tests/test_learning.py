@@ -31,5 +31,5 @@ def test_trained_success_is_at_least_three_times_untrained(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     untrained, trained = metrics["eval/untrained_success_rate"], metrics["eval/trained_success_rate"]
     print(f"untrained {untrained:.3f} -> trained {trained:.3f} in {minutes:.1f} min ({run_dir})")
-    assert trained >= 3 * untrained and trained > 0, metrics
+    assert trained >= 3 * untrained - 1e-9 and trained > 0, metrics  # rates of the same episode count
     assert minutes < 60
