@@ -137,11 +137,13 @@ def detect_spikes(w: pd.DataFrame, p: DiagnosticsParams) -> list[Finding]:
     g = _series(w, GRAD_NORM)
     if g is None:
         return []
-    median = g.shift(1).rolling(p.spike_window, min_periods=p.spike_min_history).median()
+    # Steps with grad_norm 0 (every group's rewards equal: no advantage) say nothing about the gradient's scale;
+    # counting them would make the first ordinary step after a deadlock look like a spike.
+    median = g.where(g > 0).shift(1).rolling(p.spike_window, min_periods=p.spike_min_history).median()
     ratio = g / median.clip(lower=p.spike_median_floor)
     spikes = ratio[ratio >= p.spike_factor]
     return [Finding("spike", int(s), f"grad_norm {g[s]:.3g} at step {int(s)} = {r:.1f}x the median "
-                    f"{median[s]:.3g} of the previous points", int(s), {"grad_norm": float(g[s]), "ratio": float(r)})
+                    f"{median[s]:.3g} of the previous non-zero points", int(s), {"grad_norm": float(g[s]), "ratio": float(r)})
             for s, r in spikes.items()]
 
 

@@ -213,3 +213,12 @@ def _by_step(run: dict[str, dict[int, float]]) -> dict[int, dict[str, float]]:
         for step, value in points.items():
             out.setdefault(step, {})[tag] = value
     return dict(sorted(out.items()))
+
+
+def test_first_gradient_after_zero_variance_steps_is_not_a_spike():
+    p = DiagnosticsParams()
+    after_deadlock = pd.DataFrame({dx.GRAD_NORM: [0.0] * 8 + [0.3]}, index=range(1, 10))
+    assert dx.detect_spikes(after_deadlock, p) == []
+    real = pd.DataFrame({dx.GRAD_NORM: [0.1, 0.0, 0.12, 0.0, 0.09, 0.11, 0.1, 0.0, 5.0]}, index=range(1, 10))
+    (spike,) = dx.detect_spikes(real, p)
+    assert spike.step == 9 and "previous non-zero points" in spike.detail
