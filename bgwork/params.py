@@ -119,7 +119,7 @@ def _check(value, tp, meta, where, key):
         return value if value in args else fail("one of " + ", ".join(map(repr, args)))
     if typing.get_origin(tp) is list:
         if not isinstance(value, list):
-            fail(f"a list, e.g. [a, b], of {_describe(args[0], {})} items")
+            fail(f"a list, e.g. [a, b], whose items are each {_describe(args[0], {})}")
         return [_check(v, args[0], {}, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         return value if isinstance(value, bool) else fail("true or false")
