@@ -1,7 +1,7 @@
 """GGUF export: llama.cpp's per-tensor type rules, and real exports verified in llama.cpp (xllamacpp).
 
 Exports run llama.cpp's converter on tiny LFM2 checkpoints (hidden 256, so K-quants cover whole rows) trained for
-a few steps (a random model's flat logits flip greedy tokens under any quantization). SmolLM2 is `slow`."""
+a few steps (a random model's flat logits flip greedy tokens under any quantization), and the bundled SmolLM2."""
 
 from __future__ import annotations
 
@@ -122,8 +122,7 @@ def test_bad_checkpoint_is_refused_clearly(tmp_path):
         gx.export_checkpoint(tmp_path / "empty", tmp_path / "out", quants=["Q3_K"])
 
 
-@pytest.mark.slow  # ~1-2 min on 2 cores: converts and verifies a 135M model four times over
-def test_export_bundled_smollm2(tmp_path):
+def test_export_bundled_smollm2(tmp_path):  # ~1 min on 2 cores: a 135M model converted and verified four times
     # SmolLM2's 576-wide rows fall back to Q5_0/Q5_1 and the model itself is a dequantized Q4_1: its K-quant
     # files measured cosine 0.980-0.993 against the HF model (top token always the same), hence 0.97 here.
     rows = gx.export_checkpoint("bundled:smollm2-135m-instruct", tmp_path, min_cosine=0.97)
