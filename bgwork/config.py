@@ -142,7 +142,7 @@ class RolloutParams:
 class TrainParams:
     """GRPO (TRL GRPOTrainer) settings; names follow TRL's GRPOConfig.
 
-    The defaults are a quick CPU debug run (notebook 02 in ~10 min with the bundled model and LoRA);
+    The defaults are a quick CPU debug run (notebook 02 in ~2.5 min on 2 cores with the bundled model and LoRA);
     params/full.yaml and params/lfm2_350m_*.yaml hold the long runs (the original's LR 1e-6, 100 steps).
     """
 

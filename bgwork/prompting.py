@@ -20,8 +20,8 @@ focus('12')
 select_option('7', 'Option name')
 noop()"""
 
-# Two worked turns before the real one. A 135M model ignores examples written into the system prompt
-# (measured: 100% format errors, greedy) but copies the shape of earlier chat turns (13%).
+# Two worked turns before the real one. A 135M model ignores an example written into the system prompt but
+# copies the shape of earlier chat turns: greedy format errors 100% -> 0% on 16 episodes of easy tasks.
 FEW_SHOT = [
     ("Goal: Click the button labelled \"OK\".\n\nPage observation:\nRootWebArea 'Example Task', focused\n"
      "\t[7] button 'Cancel'\n\t[9] button 'OK'", "click('9')"),

@@ -18,7 +18,7 @@
 # accessibility tree, writes one action per turn, and the env server's reward reaches GRPO through a
 # reward function. The curves below come from the run's TensorBoard files; the checkpoint and the final
 # model are written under the run directory. It uses the env server at `env.url`, or starts an embedded one.
-# With `params/debug.yaml` (bundled SmolLM2-135M, LoRA) it takes about 10 minutes on a 2-core CPU.
+# With the defaults (`params/debug.yaml`: bundled SmolLM2-135M, LoRA) it takes about 3 minutes on a 2-core CPU.
 
 # %% tags=["parameters"]
 name = "debug"
