@@ -619,14 +619,14 @@ def _verify_rows(rows: list[dict], hf: Path, prompts: list[str], gen_tokens: int
         row["sample"] = tok.decode(row["generated_ids"][0])
 
 
-def export_after_training(params, model_dir: str | Path, run_dir: str | Path) -> list[dict] | None:
+def export_after_training(params, model_dir: str | Path, run_dir: str | Path, strict: bool = True) -> list[dict] | None:
     """For the training code: export the final model when `params.export.after_training` is set."""
     ep = params.export
     if not ep.after_training:
         return None
     return export_checkpoint(model_dir, ep.out_dir or Path(run_dir) / "gguf", ep.quants, verify=ep.verify,
                              prompts=ep.prompts, gen_tokens=ep.gen_tokens, min_cosine=ep.min_cosine,
-                             check_reference=ep.check_reference)
+                             check_reference=ep.check_reference, strict=strict)
 
 
 # --- how the K-quant mix was checked -------------------------------------------------------------------------

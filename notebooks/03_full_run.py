@@ -34,8 +34,6 @@ export = {}  # export.after_training: true writes and verifies GGUF files of the
 run_dir = None
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -115,17 +113,14 @@ figures
 # The same export and llama.cpp verification as notebook 06 (LoRA merged into its base first).
 
 # %%
-if params.export.after_training:
-    from bgwork import gguf_export as gx
+from bgwork.gguf_export import export_after_training
 
-    p = params.export
-    rows = gx.export_checkpoint(result.final_dir, Path(p.out_dir or Path(run_dir) / "gguf"), p.quants,
-                                verify=p.verify, prompts=p.prompts, gen_tokens=p.gen_tokens, min_cosine=p.min_cosine,
-                                check_reference=p.check_reference, strict=False)
-    gguf = pd.DataFrame(rows).reindex(columns=["quant", "MB", "export_s", "min_cosine", "top_token_same",
-                                               "greedy_same", "ok", "path"])
-    display(gguf)
-    record_metrics(run_dir, {"export/files": gguf.set_index("quant").to_dict(orient="index"),
-                             "export/all_ok": bool(gguf["ok"].fillna(True).all())})
-    if not gguf["ok"].fillna(True).all():
-        raise AssertionError(f"llama.cpp disagrees with the HF model for {list(gguf.loc[~gguf['ok'], 'quant'])}")
+rows = export_after_training(params, result.final_dir, run_dir, strict=False)  # None unless export.after_training
+if rows:
+    display(pd.DataFrame(rows).reindex(columns=["quant", "MB", "export_s", "min_cosine", "top_token_same",
+                                                "greedy_same", "ok", "path"]))
+    record_metrics(run_dir, {"export/files": {r["quant"]: r for r in rows},
+                             "export/all_ok": all(r.get("ok", True) for r in rows)})
+    failed = [r["quant"] for r in rows if not r.get("ok", True)]
+    if failed:
+        raise AssertionError(f"llama.cpp disagrees with the HF model for {failed}; see the table above")

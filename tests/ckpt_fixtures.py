@@ -87,7 +87,8 @@ def cached_export_fixtures() -> dict[str, Path]:
     with _build_lock(EXPORT_FIXTURES_VERSION):
         if not (root / "DONE").exists():
             shutil.rmtree(root, ignore_errors=True)
-            assert export_fixtures(root) == paths
+            built = export_fixtures(root)
+            assert built == paths, built
             (root / "DONE").write_text("ok\n")
     return paths
 
