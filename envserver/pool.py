@@ -67,6 +67,10 @@ class SessionPool:
             return session
 
     def close(self, session_id: str) -> None:
+        self._remove(session_id).close()
+
+    def _remove(self, session_id: str) -> BrowserSession:
+        """Take the session out of the pool (its id is then closed for good); the caller closes its browser."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
             if session is None:
@@ -74,7 +78,7 @@ class SessionPool:
             self._closed_ids[session_id] = None
             while len(self._closed_ids) > 100_000:
                 self._closed_ids.popitem(last=False)
-        session.close()
+        return session
 
     def close_all(self) -> None:
         self._stop.set()
@@ -91,8 +95,9 @@ class SessionPool:
             for sid in idle:
                 log.info("reaping idle session %s", sid)
                 try:
-                    self.close(sid)
+                    session = self._remove(sid)
                 except UnknownSession:
                     continue
-                if self._on_reap:
+                if self._on_reap:  # counted as the session leaves the pool, not after its browser is down
                     self._on_reap()
+                session.close()
