@@ -44,7 +44,8 @@ class EmbeddedServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path or tempfile.mkstemp(prefix="envserver-", suffix=".log")[1])
         args = ["--host", "127.0.0.1", "--port", str(port), "--max-sessions", str(env.max_sessions),
-                "--pre-observation-delay", str(env.pre_observation_delay), *extra_args]
+                "--pre-observation-delay", str(env.pre_observation_delay),
+                "--action-timeout-ms", str(env.action_timeout_ms), *extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(os.getpid()), *args],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

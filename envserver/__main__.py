@@ -27,10 +27,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds to wait after an action before observing (BrowserGym default 0.5)")
     p.add_argument("--slow-mo", type=int, default=0, help="Playwright slow_mo in ms (MiniWoB tasks ask 100)")
     p.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a browser call counts as lost")
+    p.add_argument("--action-timeout-ms", type=int, default=1500,
+                   help="Playwright timeout of each click/fill/press in the page (BrowserGym 500)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     if args.max_sessions < 1:
         p.error("--max-sessions must be >= 1")
+    if args.action_timeout_ms < 1:
+        p.error("--action-timeout-ms must be >= 1")
     return args
 
 
@@ -53,7 +57,7 @@ def main(argv=None) -> None:
     settings = ServerSettings(
         max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, default_task=args.task, token=token,
         session=SessionSettings(pre_observation_delay=args.pre_observation_delay, slow_mo=args.slow_mo,
-                                call_timeout=args.call_timeout))
+                                call_timeout=args.call_timeout, action_timeout_ms=args.action_timeout_ms))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=30)
 

@@ -25,6 +25,7 @@ from browsergym.core.env import BrowserEnv
 from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prune_html
 
 from . import pwpatch
+from .actions import action_mapping
 from .browser import LAUNCH_ARGS, chromium_path
 
 pwpatch.apply()
@@ -60,6 +61,7 @@ class SessionSettings:
     pre_observation_delay: float = 0.1
     slow_mo: int = 0
     call_timeout: float = 60.0
+    action_timeout_ms: int = 1500  # per click/fill/press inside the page (BrowserGym: 500)
     headless: bool = True
 
 
@@ -84,7 +86,8 @@ class _ReusableEnv(BrowserEnv):
 
     def __init__(self, pw: playwright.sync_api.Playwright, tag: str, settings: SessionSettings):
         super().__init__(task_entrypoint=None, headless=settings.headless, slow_mo=settings.slow_mo,
-                         pre_observation_delay=settings.pre_observation_delay)
+                         pre_observation_delay=settings.pre_observation_delay,
+                         action_mapping=action_mapping(settings.action_timeout_ms))
         self._pw, self._tag = pw, tag
 
     def _open_browser(self, task) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from envserver.actions import MAX_ACTION_CHARS, ActionError, parse_action
+from bgwork.solvers import solve
+from envserver.actions import DEFAULT_ACTIONS, MAX_ACTION_CHARS, ActionError, action_mapping, parse_action
 
 
 @pytest.mark.parametrize("text, canonical", [
@@ -128,3 +129,26 @@ def test_playwright_stack_patch_keeps_what_playwright_reads():
     assert here.lineno > 0 and here[0].f_code.co_name == here.function
     parsed = _connection._extract_stack_trace_information_from_stack(frames, is_internal=False)
     assert parsed["frames"][0]["file"] == __file__
+
+
+def test_every_accepted_action_is_executable_with_the_chosen_timeout():
+    code = action_mapping(1500)("keyboard_press('Tab')")
+    assert "timeout=500" not in code and code.count("timeout=1500") >= 10
+    for name in DEFAULT_ACTIONS:  # BrowserEnv's default mapping lacked mouse_* and keyboard_*
+        assert f"def {name}(" in code, name
+    assert code.rstrip().endswith("keyboard_press('Tab')")
+
+
+def test_keyboard_and_mouse_actions_run_in_the_page(client):
+    out = client.reset("enter-text", seed=5)
+    sid = out["session_id"]
+    try:
+        fill, submit = solve("enter-text", out["observation"])
+        bid, text = parse_action(fill).args
+        for action in (f"click({bid!r})", "keyboard_press('End')", f"keyboard_type({text!r})",
+                       "mouse_move(5, 5)", "mouse_click(1, 1)"):
+            step = client.step(sid, action)
+            assert step["observation"]["last_action_error"] == "", (action, step["observation"])
+        assert client.step(sid, submit)["reward"] == 1.0  # the typed text is what the task checks
+    finally:
+        client.close(sid)
