@@ -203,6 +203,7 @@ class EvalParams:
 
     episodes_per_task: int = _f(0, "held-out episodes per task of rollout.tasks; 0 = no evaluation", min=0)
     greedy: bool = _f(True, "greedy decoding (else sampling at train.temperature)")
+    after_warmstart: bool = _f(True, "notebook 03: also evaluate between the warm start and GRPO, so the report shows what GRPO itself added")
 
 
 @dataclass

@@ -254,8 +254,11 @@ def _callbacks(params: Params, output_dir: Path) -> list:
     return [CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
 
 
-def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=()) -> TrainResult:
-    """Train under the run dir's training lock; resumes into the checkpoint's own output dir."""
+def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=(),
+          after_warm_start=None) -> TrainResult:
+    """Train under the run dir's training lock; resumes into the checkpoint's own output dir.
+
+    `after_warm_start(resolved)`, if given, runs between a fresh warm start and GRPO (e.g. an evaluation)."""
     from bgwork.checkpoints import training_lock
     from bgwork.envclient import EnvClient
     from bgwork.models import resolve_model
@@ -272,6 +275,8 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
         elif params.warmstart.episodes_per_task and not resume:
             resolved = resolved or resolve_model(params.model.name, dtype=device_and_dtype(params.model.dtype)[1])
             warm_start(params, resolved, client, warm_dir)
+            if after_warm_start:
+                after_warm_start(resolved)
         trainer, runner = build_trainer(params, output_dir, client, resolved, callbacks)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)

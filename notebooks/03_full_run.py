@@ -54,7 +54,8 @@ print("run dir:", run_dir, "| device:", device)
 
 # %% [markdown]
 # ## Evaluate, train, evaluate
-# The untrained model plays the held-out episodes first; training then starts from the same weights.
+# The untrained model plays the held-out episodes first; training then starts from the same weights. With a
+# warm start the same episodes are played again between it and GRPO (`evaluation.after_warmstart`).
 
 # %%
 def held_out(model, tokenizer, client):
@@ -63,13 +64,19 @@ def held_out(model, tokenizer, client):
     return evaluate(model, tokenizer, client, params)[1]
 
 
-with env_server(params.env, log_dir=run_dir) as url:
-    with EnvClient(url, token=params.env.token, timeout=params.env.request_timeout) as client:
-        base = resolve_model(params.model.name, dtype=dtype, device=device)
-        before = held_out(base.model, base.tokenizer, client)
-    result = training.train(params, run_dir, url, resolved=base)  # trains base.model in place (LoRA: injected)
-    with EnvClient(url, token=params.env.token, timeout=params.env.request_timeout) as client:
-        after = held_out(base.model, base.tokenizer, client)
+with env_server(params.env, log_dir=run_dir) as url, \
+        EnvClient(url, token=params.env.token, timeout=params.env.request_timeout) as client:
+    base = resolve_model(params.model.name, dtype=dtype, device=device)
+    before = held_out(base.model, base.tokenizer, client)
+    warm = {}
+
+    def after_warm_start(resolved):  # what GRPO itself adds is "trained" minus "warm-started"
+        if params.evaluation.after_warmstart:
+            warm["table"] = held_out(resolved.model, resolved.tokenizer, client)
+
+    result = training.train(params, run_dir, url, resolved=base,  # trains base.model in place (LoRA: injected)
+                            after_warm_start=after_warm_start)
+    after = held_out(base.model, base.tokenizer, client)
 print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %% [markdown]
@@ -77,7 +84,8 @@ print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %%
 if before is not None:
-    table = pd.concat({"untrained": before, "trained": after}, axis=1)
+    stages = {"untrained": before, "warm-started": warm.get("table"), "trained": after}
+    table = pd.concat({k: v for k, v in stages.items() if v is not None}, axis=1)
     display(table.round(3))
     ax = table.xs("success_rate", axis=1, level=1).plot.bar(figsize=(8, 3.5), rot=0)
     ax.set_ylabel("success rate (held-out seeds)")
@@ -105,6 +113,10 @@ if before is not None:
                     "eval/trained_success_rate": float(after.loc["all", "success_rate"]),
                     **{f"eval/untrained_success_rate/{t}": float(before.loc[t, "success_rate"]) for t in params.rollout.tasks},
                     **{f"eval/trained_success_rate/{t}": float(after.loc[t, "success_rate"]) for t in params.rollout.tasks}})
+    if warm.get("table") is not None:
+        figures.update({"eval/warmstart_success_rate": float(warm["table"].loc["all", "success_rate"]),
+                        **{f"eval/warmstart_success_rate/{t}": float(warm["table"].loc[t, "success_rate"])
+                           for t in params.rollout.tasks}})
 record_metrics(run_dir, figures)
 figures
 

@@ -43,6 +43,7 @@ def test_full_run_evaluates_before_and_after(tmp_path):
     assert metrics["train/global_step"] == 1
     assert metrics["eval/untrained_success_rate"] == 0.0  # random weights write no valid action
     assert "eval/trained_success_rate/click-test" in metrics
+    assert "eval/warmstart_success_rate/click-test" in metrics  # GRPO's own share is visible in the report
     final = Path(metrics["train/final_dir"])
     base = json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert Path(base) == final.parent / "warmstart"  # the adapter sits on the warm-started weights
