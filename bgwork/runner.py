@@ -20,6 +20,7 @@ import jupytext
 import nbformat
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from nbclient.exceptions import DeadKernelError
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
@@ -128,6 +129,11 @@ def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> Non
         nb.status, nb.error = "failed", (f"NoSuchKernel: no Jupyter kernel named '{KERNEL}'; run "
                                          f"`bash scripts/setup.sh` (or: {sys.executable} -m ipykernel install "
                                          f"--sys-prefix --name {KERNEL})")
+    except DeadKernelError:  # no Python error to show: say what usually kills a training kernel
+        nb.status, nb.error = "failed", ("DeadKernelError: the notebook's kernel died without a Python error, most "
+                                         "often killed for memory (Linux: `dmesg | grep -i 'killed process'`); "
+                                         "a training run needs less with a smaller train.per_device_train_batch_size "
+                                         "(same episodes per step: raise train.gradient_accumulation_steps)")
     except KeyboardInterrupt:  # Ctrl-C: papermill has shut the kernel down; record it and stop the chain
         nb.status, nb.error = "failed", "KeyboardInterrupt: interrupted by the user"
     except Exception as e:  # kernel died or never started: still report what there is

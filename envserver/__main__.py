@@ -23,11 +23,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-sessions", type=int, default=4, help="bound on open browser sessions (429 beyond)")
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle session is reaped")
     p.add_argument("--task", default="click-test", help="task used when a reset names none")
-    p.add_argument("--pre-observation-delay", type=float, default=0.1,
+    p.add_argument("--pre-observation-delay", type=float, default=SessionSettings.pre_observation_delay,
                    help="seconds to wait after an action before observing (BrowserGym default 0.5)")
     p.add_argument("--slow-mo", type=int, default=0, help="Playwright slow_mo in ms (MiniWoB tasks ask 100)")
-    p.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a browser call counts as lost")
-    p.add_argument("--action-timeout-ms", type=int, default=1500,
+    p.add_argument("--call-timeout", type=float, default=SessionSettings.call_timeout, help="seconds before a browser call counts as lost")
+    p.add_argument("--action-timeout-ms", type=int, default=SessionSettings.action_timeout_ms,
                    help="Playwright timeout of each click/fill/press in the page (BrowserGym 500)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)

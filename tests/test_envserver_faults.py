@@ -123,5 +123,5 @@ def test_200_open_step_close_cycles_over_4_parallel_sessions_leak_nothing():
         metrics = httpx.get(server.url + "/metrics").text
         assert "envserver_sessions_lost_total 0.0" in metrics
         time.sleep(1)
-        left = [p for p in browser_processes(server.pid) if p.pid not in baseline and p.status() != "zombie"]
+        left = [p for p in live_browsers(server.pid) if p.pid not in baseline]
         assert not left, [p.cmdline()[:2] for p in left]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bgwork.config import Params
+from bgwork.config import EnvParams, Params
 from bgwork.params import ParamsError, apply_override, dump_yaml, load_params, read_yaml
 
 
@@ -80,3 +80,10 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 def test_debug_yaml_spells_out_the_defaults_the_main_job_runs_on():
     assert load_params(Path(__file__).resolve().parents[1] / "params/debug.yaml") == Params()
+
+
+def test_embedded_server_defaults_are_the_servers_own():
+    from envserver.session import SessionSettings
+
+    env, server = EnvParams(), SessionSettings()
+    assert (env.pre_observation_delay, env.action_timeout_ms) == (server.pre_observation_delay, server.action_timeout_ms)

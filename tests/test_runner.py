@@ -121,6 +121,16 @@ def test_failing_cell_still_reports_and_stops_the_embedded_server(tmp_path):
     assert not _alive(pid), "the embedded envserver outlived the failed notebook's kernel"
 
 
+def test_killed_kernel_is_reported_with_a_cause_to_check(tmp_path):
+    killed = '# %%\nimport os, signal\nprint("before the kill")\nos.kill(os.getpid(), signal.SIGKILL)\n'
+    out = bgwork_cli(tmp_path, "run", notebook(tmp_path, "killed", killed))
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "FAILED killed: DeadKernelError" in out.stderr and "killed for memory" in out.stderr
+    (d,) = (tmp_path / "runs").iterdir()
+    assert json.loads((d / "run.json").read_text())["status"] == "failed"
+    assert "killed for memory" in (d / "killed.html").read_text()
+
+
 def _alive(pid):
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
