@@ -9,6 +9,7 @@ the browser only ever receives text this module wrote.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 import typing
@@ -126,6 +127,7 @@ def _check_choices(name: str, param: str, annotation, value) -> None:
             raise ActionError(f"{name}(): {param} must be one of {', '.join(map(repr, choices))}, got {bad[0]!r}")
 
 
+@functools.lru_cache  # built from BrowserGym's source text: once per timeout, not per session
 def action_mapping(timeout_ms: int = BROWSERGYM_TIMEOUT_MS) -> Callable[[str], str]:
     """BrowserGym's action-to-code translator for exactly DEFAULT_ACTIONS, its in-page timeout set to timeout_ms.
 
