@@ -93,7 +93,7 @@ def run(specs: list[str], params_file: str | None = None, overrides=(), root: Pa
     status = {"command": shlex.join(command), "started_utc": _now(), "status": "running"}
     _write_status(result, status)
 
-    with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1"}):
+    with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1", "PYTHONPATH": _pythonpath()}):
         log.info("run dir: %s", result.run_dir)
         _warn_if_foreign_kernel()
         for path, nb in zip(paths, result.notebooks):
@@ -207,6 +207,12 @@ def _env(**values):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _pythonpath() -> str:
+    """The kernels import this checkout's bgwork first: the installed (editable) one may be another clone."""
+    rest = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(PROJECT_ROOT), *([rest] if rest else [])])
 
 
 def _now() -> str:
