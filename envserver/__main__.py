@@ -1,4 +1,5 @@
-"""`python -m envserver --host 127.0.0.1 --port 8000 --max-sessions 4`"""
+"""`python -m envserver --host 127.0.0.1 --port 8000 --max-sessions 4` (live browsers)
+or `python -m envserver --replay FILE` (a recording from `python -m envserver.record`: no browser needed)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,28 @@ import sys
 
 import uvicorn
 
-from .app import ServerSettings, create_app
-from .session import SessionSettings
+from .app import ServerSettings, create_app, make_backend
 
 TOKEN_ENV = "BGWORK_ENV_TOKEN"
+# envserver.session's defaults, written here so a replay server never imports the browser stack; a test
+# keeps them equal.
+PRE_OBSERVATION_DELAY, CALL_TIMEOUT, ACTION_TIMEOUT_MS = 0.1, 60.0, 1500
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="envserver", description="Offline BrowserGym MiniWoB++ server")
     p.add_argument("--host", default="127.0.0.1", help="bind address; non-loopback requires $%s" % TOKEN_ENV)
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-sessions", type=int, default=4, help="bound on open browser sessions (429 beyond)")
+    p.add_argument("--max-sessions", type=int, default=4, help="bound on open sessions (429 beyond)")
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle session is reaped")
     p.add_argument("--task", default="click-test", help="task used when a reset names none")
-    p.add_argument("--pre-observation-delay", type=float, default=SessionSettings.pre_observation_delay,
+    p.add_argument("--replay", metavar="FILE", help="serve this recording (python -m envserver.record) instead of "
+                                                    "live browsers: no Chromium or Playwright needed")
+    p.add_argument("--pre-observation-delay", type=float, default=PRE_OBSERVATION_DELAY,
                    help="seconds to wait after an action before observing (BrowserGym default 0.5)")
     p.add_argument("--slow-mo", type=int, default=0, help="Playwright slow_mo in ms (MiniWoB tasks ask 100)")
-    p.add_argument("--call-timeout", type=float, default=SessionSettings.call_timeout, help="seconds before a browser call counts as lost")
-    p.add_argument("--action-timeout-ms", type=int, default=SessionSettings.action_timeout_ms,
+    p.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT, help="seconds before a browser call counts as lost")
+    p.add_argument("--action-timeout-ms", type=int, default=ACTION_TIMEOUT_MS,
                    help="Playwright timeout of each click/fill/press in the page (BrowserGym 500)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -47,6 +52,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def settings_from(args: argparse.Namespace, token: str | None = None) -> ServerSettings:
+    session = None
+    if not args.replay:
+        from .session import SessionSettings
+
+        session = SessionSettings(pre_observation_delay=args.pre_observation_delay, slow_mo=args.slow_mo,
+                                  call_timeout=args.call_timeout, action_timeout_ms=args.action_timeout_ms)
+    return ServerSettings(max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, default_task=args.task,
+                          token=token, session=session, replay=args.replay)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     token = os.environ.get(TOKEN_ENV) or None
@@ -54,11 +70,17 @@ def main(argv=None) -> None:
         sys.exit(f"envserver: binding {args.host} exposes browsers beyond this machine; "
                  f"set {TOKEN_ENV} to a secret bearer token first")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServerSettings(
-        max_sessions=args.max_sessions, idle_timeout=args.idle_timeout, default_task=args.task, token=token,
-        session=SessionSettings(pre_observation_delay=args.pre_observation_delay, slow_mo=args.slow_mo,
-                                call_timeout=args.call_timeout, action_timeout_ms=args.action_timeout_ms))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+    settings = settings_from(args, token)
+    try:
+        backend = make_backend(settings)
+    except ValueError as e:  # an unreadable recording: say which file and why, no traceback
+        sys.exit(f"envserver: {e}")
+    if settings.replay and args.task not in backend.tasks():
+        if args.task != parse_args([]).task:
+            sys.exit(f"envserver: --task {args.task} is not in the recording {args.replay} "
+                     f"(it has {', '.join(backend.tasks())})")
+        settings.default_task = backend.tasks()[0]
+    uvicorn.run(create_app(settings, backend), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=30)
 
 

@@ -1,8 +1,11 @@
-"""The HTTP API. Client mistakes get 4xx with {"error": {"code", "message"}}; a dead browser gets 503 session_lost."""
+"""The HTTP API. Client mistakes get 4xx with {"error": {"code", "message"}}; a dead browser gets 503 session_lost.
+
+The routes are the same whichever backend serves the sessions: live Chromium (envserver.live) or a
+recording (envserver.replay). Either way an action string goes through envserver.grammar first.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -14,15 +17,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import BaseModel, ConfigDict, Field
 
 from . import API_VERSION, __version__
-from .actions import ActionError, parse_action
-from .browser import chromium_version
+from .grammar import ActionError, parse_action
 from .metrics import Metrics
-from .pool import PoolFull, SessionPool, UnknownSession
-from .session import Episode, SessionLost, SessionSettings, SessionTimeout, make_observation
-from .tasks import UnknownTask, registry, task_factory
+from .openenv import add_openenv_routes
+from .pool import Episode, PoolFull, SessionLost, SessionPool, UnknownSession
+from .schemas import ActionObject, ApiError, CloseRequest, ResetRequest, StepRequest
+from .tasks import UnknownSeed, UnknownTask
 
 log = logging.getLogger(__name__)
 
@@ -34,50 +36,28 @@ class ServerSettings:
     default_task: str = "click-test"
     token: str | None = None
     max_body_bytes: int = 64 * 1024
-    session: SessionSettings = field(default_factory=SessionSettings)
+    session: Any = None  # envserver.session.SessionSettings (live mode); None: its defaults
+    replay: str | None = None  # a recording (envserver.record) to serve instead of live browsers
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+def make_backend(settings: ServerSettings):
+    """Live Chromium sessions, or the recording named by settings.replay (which needs no browser)."""
+    if settings.replay:
+        from .replay import ReplayBackend
 
+        return ReplayBackend(settings.replay)
+    from .live import LiveBackend
+    from .session import SessionSettings as LiveSettings
 
-# ---- request bodies -------------------------------------------------------------------------------
-
-class ResetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task: str | None = Field(None, description="MiniWoB task name (GET /tasks); default: the server's --task")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    session_id: str | None = Field(None, max_length=64, description="reset this session in place")
-    episode_id: str | None = Field(None, max_length=255, description="OpenEnv's own episode id (GET /state)")
-    include_screenshot: bool = False
-    include_pruned_html: bool = False
-
-
-class ActionObject(BaseModel):
-    """The original clients send the action as {"action_str": "..."}."""
-    model_config = ConfigDict(extra="ignore")
-    action_str: str
-
-
-class StepRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    session_id: str = Field(..., max_length=64)
-    action: str | ActionObject
-    include_screenshot: bool = False
-    include_pruned_html: bool = False
-
-
-class CloseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    session_id: str = Field(..., max_length=64)
+    return LiveBackend(settings.session or LiveSettings())
 
 
 # ---- app ------------------------------------------------------------------------------------------
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings, backend=None) -> FastAPI:
+    backend = backend or make_backend(settings)
     metrics = Metrics()
-    pool = SessionPool(settings.max_sessions, settings.idle_timeout, settings.session,
+    pool = SessionPool(settings.max_sessions, settings.idle_timeout, backend.new_session,
                        on_reap=metrics.reaped.inc)
 
     @asynccontextmanager
@@ -87,17 +67,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="bgwork envserver", version=API_VERSION, lifespan=lifespan,
                   description="Offline BrowserGym MiniWoB++ sessions over HTTP.")
-    app.state.pool, app.state.metrics, app.state.settings = pool, metrics, settings
+    app.state.pool, app.state.metrics, app.state.settings, app.state.backend = pool, metrics, settings, backend
     _install_guards(app, settings, metrics)
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "healthy", "version": __version__, "active_sessions": pool.active,  # OpenEnv's word
-                "max_sessions": pool.max_sessions, "browser": chromium_version(), "task_count": len(registry())}
+                "max_sessions": pool.max_sessions, **backend.health()}
 
     @app.get("/tasks")
     def tasks() -> dict:
-        return {"tasks": sorted(registry())}
+        seeds = backend.seeds()  # a replay serves only its recorded seeds
+        return {"tasks": backend.tasks(), **({"seeds": seeds} if seeds is not None else {})}
 
     @app.get("/metrics")
     def prometheus() -> PlainTextResponse:
@@ -110,21 +91,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
         req = req or ResetRequest()
         task = req.task or settings.default_task
         try:
-            factory = task_factory(task)
+            backend.check(task, req.seed)
         except UnknownTask as e:
             raise ApiError(400, "unknown_task", str(e), suggestions=e.suggestions) from None
+        except UnknownSeed as e:
+            raise ApiError(400, "unknown_seed", str(e)) from None
         session = _get(pool, req.session_id) if req.session_id else _create(pool)
-        if session.lost:
-            session.relaunch()  # a new reset recovers a session whose browser died
         with metrics.timed("reset"):
-            obs, info = _browser_call(
-                session, lambda env: env.reset_task(factory, req.seed, req.include_screenshot), metrics)
+            observation, info = _session_call(
+                session, lambda: session.reset(task, req.seed, req.include_screenshot, req.include_pruned_html),
+                metrics)
         session.task_name, session.episode = task, Episode(task, req.seed, req.episode_id)
-        observation = _remember(session, make_observation(obs, req.include_screenshot, req.include_pruned_html))
+        _remember(session, observation)
         metrics.resets.labels(task).inc()
         return {"session_id": session.id, "observation": observation,
-                "info": {"task": task, "seed": req.seed, "task_info": _jsonable(info.get("task_info", {}))},
-                "reward": None, "done": False}
+                "info": {"task": task, "seed": req.seed, **info}, "reward": None, "done": False}
 
     @app.post("/step")
     def step(req: StepRequest) -> dict:
@@ -134,7 +115,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         raw = req.action.action_str if isinstance(req.action, ActionObject) else req.action
         metrics.steps.labels(session.task_name).inc()
         try:
-            action = parse_action(raw)
+            action = parse_action(raw, viewport=session.viewport)
         except ActionError as e:  # never executed: the browser sees nothing
             metrics.action_errors.labels("invalid").inc()
             obs = {**session.last_obs, "last_action": raw[:200], "last_action_error": f"InvalidAction: {e}"}
@@ -142,16 +123,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return {"session_id": session.id, "observation": obs, "reward": 0.0, "done": False,
                     "truncated": False, "info": {"action_valid": False}}
         with metrics.timed("step"):
-            obs, reward, done, truncated, info = _browser_call(
-                session, lambda env: env.step_action(action.to_code(), req.include_screenshot), metrics)
-        observation = _remember(session, make_observation(obs, req.include_screenshot, req.include_pruned_html))
-        session.episode.record(float(reward), bool(done))
+            observation, reward, done, truncated, info = _session_call(
+                session, lambda: session.step(action, req.include_screenshot, req.include_pruned_html), metrics)
+        _remember(session, observation)
+        session.episode.record(reward, done)
         if observation["last_action_error"]:
             metrics.action_errors.labels("browser").inc()
-        return {"session_id": session.id,
-                "observation": observation,
-                "reward": float(reward), "done": bool(done), "truncated": bool(truncated),
-                "info": {"action_valid": True, "task_info": _jsonable(info.get("task_info", {}))}}
+        if info.get("recorded") is False:
+            metrics.replay_unrecorded.inc()
+        return {"session_id": session.id, "observation": observation, "reward": reward, "done": done,
+                "truncated": truncated, "info": {"action_valid": True, **info}}
 
     @app.post("/close")
     def close(req: CloseRequest) -> dict:
@@ -161,8 +142,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ApiError(404, "unknown_session", str(e)) from None
         metrics.closed.inc()
         return {"ok": True}
-
-    from .openenv import add_openenv_routes  # imported here: it builds on this module's request models
 
     add_openenv_routes(app, reset=reset, step=step, close=close)
     return app
@@ -182,24 +161,18 @@ def _create(pool: SessionPool):
         raise ApiError(429, "pool_full", str(e)) from None
 
 
-def _browser_call(session, fn, metrics: Metrics):
+def _session_call(session, fn, metrics: Metrics):
     try:
-        return session.call(fn)
-    except (SessionLost, SessionTimeout) as e:
+        return fn()
+    except SessionLost as e:
         metrics.lost.inc()
         raise ApiError(503, "session_lost", f"{e}; POST /reset (same or no session_id) to recover",
                        session_id=session.id) from None
 
 
-def _remember(session, observation: dict) -> dict:
+def _remember(session, observation: dict) -> None:
     """An invalid action is answered with the last observation (never a browser call): keep it, sans screenshot."""
     session.last_obs = {k: v for k, v in observation.items() if k not in ("screenshot", "pruned_html")}
-    return observation
-
-
-def _jsonable(value: Any) -> Any:
-    """Task info may hold numpy scalars; round-trip through json with a str fallback."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 # ---- guards: errors, auth, body size --------------------------------------------------------------

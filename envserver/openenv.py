@@ -22,13 +22,12 @@ from typing import Any, Callable
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from browsergym.core.action import functions as bg_functions
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import API_VERSION, __version__
-from .actions import DEFAULT_ACTIONS, MAX_ACTION_CHARS
-from .app import ApiError, CloseRequest, ResetRequest, StepRequest
+from .grammar import DEFAULT_ACTIONS, SIGNATURES
 from .pool import UnknownSession
+from .schemas import Action, ApiError, CloseRequest, EpisodeState, Observation, ResetRequest, StepRequest
 
 NAME = "bgwork-envserver"
 DESCRIPTION = ("Offline BrowserGym MiniWoB++ environments (125 tasks, real Chromium), many sessions in parallel. "
@@ -39,40 +38,6 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR =
 SERVER_ERROR = -32000  # implementation-defined: the pool is full, a browser was lost
 
 log = logging.getLogger(__name__)
-
-
-# ---- schemas served by GET /schema (documentation of what the routes return) ----------------------------
-
-class Action(BaseModel):
-    action_str: str = Field(..., max_length=MAX_ACTION_CHARS,
-                            description="one BrowserGym high-level action call with the element id (bid) quoted, "
-                                        f"e.g. click('13'); allowed: {', '.join(DEFAULT_ACTIONS)}")
-
-
-class Observation(BaseModel):
-    goal: str = Field(..., description="the task's instruction")
-    text: str = Field(..., description="the page as text: the same string as axtree_txt (the original server "
-                                       "left `text` empty, so models never saw the page)")
-    axtree_txt: str = Field(..., description="flattened accessibility tree, one element per line: [bid] role 'name'")
-    url: str
-    last_action: str = Field(..., description="the action as received")
-    last_action_error: str = Field(..., description="'' when the last action worked; otherwise why not (an action "
-                                                    "the parser rejects is never executed)")
-    elapsed: float = Field(..., description="seconds since the episode's reset")
-    screenshot: str | None = Field(None, description="base64 PNG; only with include_screenshot: true")
-    pruned_html: str | None = Field(None, description="BrowserGym's pruned HTML; only with include_pruned_html: true")
-
-
-class EpisodeState(BaseModel):
-    episode_id: str
-    step_count: int = Field(..., description="steps received this episode, rejected actions included")
-    session_id: str
-    task_name: str
-    seed: int | None
-    goal: str
-    url: str
-    cum_reward: float
-    done: bool
 
 
 # ---- routes -----------------------------------------------------------------------------------------------
@@ -252,7 +217,7 @@ def _tools() -> dict[str, tuple[str, dict, Callable]]:
 
 def _action_tool(name: str) -> tuple[str, dict, Callable]:
     """A tool per BrowserGym action, its arguments those of the action's signature."""
-    fn = getattr(bg_functions, name)
+    fn = SIGNATURES[name]
     properties, required = {"session_id": _SESSION}, ["session_id"]
     for param in inspect.signature(fn).parameters.values():
         properties[param.name] = TypeAdapter(param.annotation).json_schema()

@@ -1,4 +1,8 @@
-"""A bounded pool of browser sessions, with idle reaping. Closed ids are never reused (uuid4) nor revived."""
+"""A bounded pool of sessions (browser or replay), with idle reaping. Closed ids are never reused (uuid4) nor revived.
+
+A session is whatever the backend's `new_session(session_id)` makes: it has `id`, `last_used` (monotonic
+seconds) and `close()`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,37 @@ import logging
 import threading
 import time
 import uuid
-
-from .session import BrowserSession, SessionSettings
+from dataclasses import dataclass
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Episode:
+    """What GET /state reports about a session's current episode (OpenEnv's State: episode_id, step_count)."""
+    task: str
+    seed: int | None
+    episode_id: str | None = None  # the client's (OpenEnv lets it name episodes), else a fresh one
+    step_count: int = 0
+    cum_reward: float = 0.0
+    done: bool = False
+
+    def __post_init__(self):
+        self.episode_id = self.episode_id or uuid.uuid4().hex
+
+    def record(self, reward: float, done: bool) -> None:
+        self.step_count += 1
+        self.cum_reward += reward
+        self.done = self.done or done
+
+
+class SessionLost(RuntimeError):
+    """The session's browser died (crash, OOM kill): an infrastructure failure, never a reward of 0."""
+
+
+class SessionTimeout(SessionLost):
+    """A browser call did not answer in time; the session is then treated as lost."""
 
 
 class PoolFull(RuntimeError):
@@ -28,11 +59,11 @@ class UnknownSession(KeyError):
 
 
 class SessionPool:
-    def __init__(self, max_sessions: int, idle_timeout: float, settings: SessionSettings, on_reap=None):
+    def __init__(self, max_sessions: int, idle_timeout: float, new_session: Callable[[str], Any], on_reap=None):
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
-        self.settings = settings
-        self._sessions: dict[str, BrowserSession] = {}
+        self._new_session = new_session
+        self._sessions: dict[str, Any] = {}
         self._closed_ids: collections.OrderedDict[str, None] = collections.OrderedDict()  # bounded memory
         self._reserved = 0
         self._lock = threading.Lock()
@@ -45,13 +76,13 @@ class SessionPool:
     def active(self) -> int:
         return len(self._sessions)
 
-    def create(self) -> BrowserSession:
+    def create(self):
         with self._lock:
             if len(self._sessions) + self._reserved >= self.max_sessions:
                 raise PoolFull(f"all {self.max_sessions} sessions are in use; close one or retry later")
             self._reserved += 1
         try:
-            session = BrowserSession(uuid.uuid4().hex, self.settings)  # starts Playwright outside the lock
+            session = self._new_session(uuid.uuid4().hex)  # a browser starts outside the lock
         finally:
             with self._lock:
                 self._reserved -= 1
@@ -59,7 +90,7 @@ class SessionPool:
             self._sessions[session.id] = session
         return session
 
-    def get(self, session_id: str) -> BrowserSession:
+    def get(self, session_id: str):
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
@@ -69,7 +100,7 @@ class SessionPool:
     def close(self, session_id: str) -> None:
         self._remove(session_id).close()
 
-    def _remove(self, session_id: str) -> BrowserSession:
+    def _remove(self, session_id: str):
         """Take the session out of the pool (its id is then closed for good); the caller closes its browser."""
         with self._lock:
             session = self._sessions.pop(session_id, None)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +27,8 @@ from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prun
 from . import pwpatch
 from .actions import action_mapping
 from .browser import LAUNCH_ARGS, chromium_path
+from .pool import SessionLost, SessionTimeout
+from .tasks import task_factory
 
 pwpatch.apply()
 
@@ -46,14 +48,6 @@ log = logging.getLogger(__name__)
 
 # Chromium >= 156 exposes InlineTextBox nodes: pure noise that doubles the tree for the model.
 NOISE_ROLES = ["LineBreak", "InlineTextBox"]
-
-
-class SessionLost(RuntimeError):
-    """The session's browser died (crash, OOM kill): an infrastructure failure, never a reward of 0."""
-
-
-class SessionTimeout(RuntimeError):
-    """A browser call did not answer in time; the session is then treated as lost."""
 
 
 @dataclass
@@ -176,23 +170,9 @@ def make_observation(obs: dict, include_screenshot: bool, include_pruned_html: b
     return out
 
 
-@dataclass
-class Episode:
-    """What GET /state reports about a session's current episode (OpenEnv's State: episode_id, step_count)."""
-    task: str
-    seed: int | None
-    episode_id: str | None = None  # the client's (OpenEnv lets it name episodes), else a fresh one
-    step_count: int = 0
-    cum_reward: float = 0.0
-    done: bool = False
-
-    def __post_init__(self):
-        self.episode_id = self.episode_id or uuid.uuid4().hex
-
-    def record(self, reward: float, done: bool) -> None:
-        self.step_count += 1
-        self.cum_reward += reward
-        self.done = self.done or done
+def jsonable(value: Any) -> Any:
+    """Task info may hold numpy scalars; round-trip through json with a str fallback."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _png_base64(array) -> str:
@@ -206,13 +186,19 @@ def _png_base64(array) -> str:
 
 
 class BrowserSession:
-    """A session's thread; `call(fn)` runs fn(env) there and returns its result."""
+    """A session's thread; `call(fn)` runs fn(env) there and returns its result.
+
+    `reset` and `step` are what the app calls (the replay session has the same two): they return JSON
+    observations. `dom_bids` are the element ids of the last observed page, `viewport` its size."""
 
     def __init__(self, session_id: str, settings: SessionSettings):
         self.id = session_id
         self.settings = settings
         self.task_name: str | None = None
-        self.episode: Episode | None = None
+        self.episode = None  # pool.Episode, kept by the app
+        self.last_obs: dict | None = None
+        self.viewport: tuple[int, int] | None = None
+        self.dom_bids: list[str] = []
         self.last_used = time.monotonic()
         self.lost = False
         self.closed = False
@@ -221,6 +207,27 @@ class BrowserSession:
         self._thread = threading.Thread(target=self._run, name=f"session-{session_id[:8]}", daemon=True)
         self._thread.start()
         self._ready.result(timeout=settings.call_timeout)  # re-raises a failed Playwright start
+
+    def reset(self, task: str, seed: int | None, screenshot: bool = False, pruned_html: bool = False):
+        """-> (observation, info). A session whose browser died gets a fresh one first."""
+        factory = task_factory(task)
+        if self.lost:
+            self.relaunch()
+
+        def job(env):
+            obs, info = env.reset_task(factory, seed, screenshot)
+            return obs, info, (env.task.viewport["width"], env.task.viewport["height"])
+
+        obs, info, self.viewport = self.call(job)
+        self.dom_bids = sorted(obs["extra_element_properties"])
+        return make_observation(obs, screenshot, pruned_html), {"task_info": jsonable(info.get("task_info", {}))}
+
+    def step(self, action, screenshot: bool = False, pruned_html: bool = False):
+        """A parsed grammar Action -> (observation, reward, done, truncated, info)."""
+        obs, reward, done, truncated, info = self.call(lambda env: env.step_action(action.to_code(), screenshot))
+        self.dom_bids = sorted(obs["extra_element_properties"])
+        return (make_observation(obs, screenshot, pruned_html), float(reward), bool(done), bool(truncated),
+                {"task_info": jsonable(info.get("task_info", {}))})
 
     def _run(self) -> None:
         try:

@@ -25,11 +25,21 @@ def registry() -> dict[str, type]:
 
 
 class UnknownTask(KeyError):
-    def __init__(self, name: str):
+    """A task name the server does not serve; suggests the nearest names it does."""
+
+    def __init__(self, name: str, known=None):
         self.name = name
-        self.suggestions = difflib.get_close_matches(str(name), registry().keys(), n=5, cutoff=0.5)
+        known = registry().keys() if known is None else known
+        self.suggestions = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else "; GET /tasks lists them"
         super().__init__(f"unknown task {name!r}{hint}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class UnknownSeed(KeyError):
+    """A seed a replay server has no recording of."""
 
     def __str__(self) -> str:
         return self.args[0]

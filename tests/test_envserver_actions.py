@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from bgwork.solvers import solve
-from envserver.actions import DEFAULT_ACTIONS, MAX_ACTION_CHARS, ActionError, action_mapping, parse_action
+from envserver.actions import action_mapping
+from envserver.grammar import DEFAULT_ACTIONS, MAX_ACTION_CHARS, SIGNATURES, ActionError, parse_action
 
 
 @pytest.mark.parametrize("text, canonical", [
@@ -48,6 +49,59 @@ def test_rejected_actions_say_why(text, fragment):
     with pytest.raises(ActionError, match=None) as info:
         parse_action(text)
     assert fragment in str(info.value)
+
+
+def test_grammar_signatures_are_browsergyms_own():
+    """envserver.grammar writes BrowserGym's signatures out so the trainer and the replay need no BrowserGym."""
+    import inspect
+
+    from browsergym.core.action import functions as bg_functions
+
+    for name, fn in SIGNATURES.items():
+        assert str(inspect.signature(fn)) == str(inspect.signature(getattr(bg_functions, name))), name
+
+
+def test_grammar_imports_no_browser_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, envserver.grammar, bgwork.actions, envserver.replay, envserver.app; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('browsergym', 'playwright', 'gymnasium')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("noop(1000000000)", "wait_ms = 1000000000 is out of range: expected a number in [0, 10000]"),
+    ("noop(-1)", "out of range"),
+    ("noop(float('nan'))", "literal"),
+    ("noop(1e999)", "out of range"),
+    ("mouse_click(1e308, -1e308)", "x = 1e+308 is out of range"),
+    ("mouse_click(10, 500)", "y = 500 is out of range: expected a number in [0, 214]"),
+    ("mouse_drag_and_drop(0, 0, 333, 0)", "to_x = 333 is out of range"),
+    ("scroll(0, 1e9)", "delta_y = 1000000000.0 is out of range"),
+    ("click('1', modifiers='Shift')", "modifiers must be a list"),
+    ("click('1', modifiers=[" + ", ".join(["'Shift'"] * 17) + "])", "at most 16"),
+    ("click('1', modifiers=[['Shift']])", "literal"),
+    ("fill('1', 'x', enable_autocomplete_menu=1)", "must be True or False"),
+    ("select_option('1', 3)", "quoted string or a list"),
+])
+def test_numbers_and_lists_are_bounded(text, fragment):
+    with pytest.raises(ActionError) as info:
+        parse_action(text)
+    assert fragment in str(info.value)
+
+
+def test_coordinates_are_bounded_by_the_given_viewport():
+    assert parse_action("mouse_click(900, 500)", viewport=(1280, 720)).args == (900, 500)
+    with pytest.raises(ActionError, match=r"\[0, 720\]"):
+        parse_action("mouse_click(10, 800)", viewport=(1280, 720))
+
+
+def test_action_key_fills_in_defaults():
+    assert parse_action("click('13')").key() == parse_action("click('13', button='left', modifiers=[])").key()
+    assert parse_action("click('13')").key() != parse_action("click('13', 'right')").key()
+    assert parse_action("drag_and_drop('1', '2')").bids() == ["1", "2"]
 
 
 def hostile(marker: str) -> list[str]:

@@ -85,5 +85,10 @@ def test_debug_yaml_spells_out_the_defaults_the_main_job_runs_on():
 def test_embedded_server_defaults_are_the_servers_own():
     from envserver.session import SessionSettings
 
+    from envserver import __main__ as cli
+
     env, server = EnvParams(), SessionSettings()
     assert (env.pre_observation_delay, env.action_timeout_ms) == (server.pre_observation_delay, server.action_timeout_ms)
+    # the CLI writes them out so that a replay server never imports the browser stack
+    assert (cli.PRE_OBSERVATION_DELAY, cli.CALL_TIMEOUT, cli.ACTION_TIMEOUT_MS) == (
+        server.pre_observation_delay, server.call_timeout, server.action_timeout_ms)
