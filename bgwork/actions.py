@@ -3,8 +3,8 @@
 The FIRST call of a known action in the output is taken (models like to add prose or code fences). An
 unquoted element id, `click(13)`, is repaired to `click('13')` when `repair_unquoted_bids` is on; the repair
 still counts as a format error so the logged rate shows what the model really writes. The call is then
-validated by the env server's own validator (`envserver.actions`), so nothing is sent that the server rejects
-for syntax.
+validated by the env server's own grammar (`envserver.grammar`, which needs no BrowserGym), so nothing is
+sent that the server rejects for syntax.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
-from browsergym.core.action import functions as bg_functions
-
-from envserver.actions import DEFAULT_ACTIONS, ActionError, parse_action
+from envserver.grammar import DEFAULT_ACTIONS, SIGNATURES, ActionError, parse_action
 
 _CALL_START = re.compile(r"\b(" + "|".join(sorted(DEFAULT_ACTIONS, key=len, reverse=True)) + r")\s*\(")
 
@@ -80,7 +78,7 @@ def _bid_positions() -> dict[str, list[int]]:
     """Action name -> positions of its element-id parameters (from BrowserGym's real signatures)."""
     out = {}
     for name in DEFAULT_ACTIONS:
-        params = list(inspect.signature(getattr(bg_functions, name)).parameters)
+        params = list(inspect.signature(SIGNATURES[name]).parameters)
         out[name] = [i for i, p in enumerate(params) if "bid" in p]
     return out
 
