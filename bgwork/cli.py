@@ -16,7 +16,15 @@ def main(argv=None) -> int:
     run_p = sub.add_parser("run", help="execute notebooks headless into one run dir and render HTML reports")
     run_p.add_argument("notebooks", nargs="+", help="number prefix (01), name (01_env_smoke_test) or path")
     show_p = sub.add_parser("params", help="validate and print the resolved parameters")
-    for p in (run_p, show_p):
+    rec_p = sub.add_parser("record", help="record the params' tasks from real browsers for env.replay "
+                                          "(python -m envserver.record)")
+    rec_p.add_argument("--out", required=True, help="the recording to write, e.g. data/replay/mine.jsonl.gz")
+    rec_p.add_argument("--tasks", help="comma-separated tasks (default: the params' rollout.tasks)")
+    rec_p.add_argument("--train-seeds", type=int, default=200, help="the first N seeds of rollout.train_seeds")
+    rec_p.add_argument("--eval-seeds", type=int, default=50, help="the first N seeds of rollout.eval_seeds")
+    rec_p.add_argument("--depth", type=int, default=2, help="actions after each reset that are explored")
+    rec_p.add_argument("--actions", help="action kinds to record (default click,focus,noop)")
+    for p in (run_p, show_p, rec_p):
         p.add_argument("-f", "--params", dest="params_file", help="params YAML file, e.g. params/smoke.yaml")
         p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one value, e.g. -p train.learning_rate=1e-6 (repeatable; value read as YAML)")
@@ -25,6 +33,13 @@ def main(argv=None) -> int:
         if args.command == "params":
             print(yaml.safe_dump(to_dict(load_params(args.params_file, args.overrides)), sort_keys=False), end="")
             return 0
+        if args.command == "record":
+            from bgwork.recording import record
+
+            tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+            return record(load_params(args.params_file, args.overrides), args.out, tasks=tasks,
+                          train_seeds=args.train_seeds, eval_seeds=args.eval_seeds, depth=args.depth,
+                          actions=args.actions)
         return _run(args)
     except ParamsError as e:  # bad input: one clear line, no traceback, nothing written
         return _usage_error(e)

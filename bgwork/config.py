@@ -31,6 +31,9 @@ class EnvParams:
     pre_observation_delay: float = _f(0.1, "embedded server: seconds to wait after an action before observing", min=0.0, max=5.0)
     action_timeout_ms: int = _f(1500, "embedded server: Playwright timeout of each click/fill/press in the page (BrowserGym: 500)", min=1, max=60000)
     request_timeout: float = _f(60.0, "seconds before an env HTTP call is abandoned", min=1.0)
+    replay: str | None = _f(None, "a recording (`bgwork record`, `python -m envserver.record`): the embedded server "
+                                  "replays it instead of driving browsers (no Chromium needed, e.g. on a GPU node); "
+                                  "relative to the project root")
 
 
 @dataclass

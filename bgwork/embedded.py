@@ -45,7 +45,7 @@ class EmbeddedServer:
         self.log_path = Path(log_path or tempfile.mkstemp(prefix="envserver-", suffix=".log")[1])
         args = ["--host", "127.0.0.1", "--port", str(port), "--max-sessions", str(env.max_sessions),
                 "--pre-observation-delay", str(env.pre_observation_delay),
-                "--action-timeout-ms", str(env.action_timeout_ms), *extra_args]
+                "--action-timeout-ms", str(env.action_timeout_ms), *replay_args(env), *extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(os.getpid()), *args],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -86,6 +86,9 @@ def env_server(env, log_dir: str | Path | None = None):
     if isinstance(env, dict):
         from bgwork.params import load_params
         env = load_params(env=env).env
+    if env.url and getattr(env, "replay", None):
+        raise ValueError(f"env.replay = {env.replay} starts an embedded replay server, but env.url = {env.url} names "
+                         f"an external one: set one of them (python -m envserver --replay FILE serves a recording)")
     if env.url:
         token = env.token or os.environ.get("BGWORK_ENV_TOKEN")
         if not _healthy(env.url, token):
@@ -97,6 +100,20 @@ def env_server(env, log_dir: str | Path | None = None):
         yield server.url
     finally:
         server.stop()
+
+
+def replay_args(env) -> list[str]:
+    """`--replay FILE` when env.replay names a recording (relative to the project root), checked here so a
+    wrong path fails with the key's name before any server starts."""
+    if not getattr(env, "replay", None):
+        return []
+    from bgwork.runs import PROJECT_ROOT
+
+    path = Path(env.replay).expanduser()
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"env.replay = {env.replay}: no such recording ({path}); make one with `bgwork record`")
+    return ["--replay", str(path)]
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:

@@ -52,6 +52,10 @@ class EnvClient:
     def tasks(self) -> list[str]:
         return self._call("GET", "/tasks")["tasks"]
 
+    def seeds(self) -> dict[str, list[list[int]]] | None:
+        """A replay server's recorded seeds per task, as [start, end) ranges; None: a live server (any seed)."""
+        return self._call("GET", "/tasks").get("seeds")
+
     def reset(self, task: str, seed: int | None = None, session_id: str | None = None,
               include_screenshot: bool = False) -> dict:
         """-> {session_id, observation, info}"""

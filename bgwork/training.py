@@ -92,14 +92,33 @@ def check_tasks_exist(rollout: RolloutParams, available: list[str]) -> None:
 
 # --- data ------------------------------------------------------------------------------------------
 
-def episode_specs(rollout: RolloutParams, n: int, seed: int, split: str = "train") -> list[tuple[str, int]]:
-    """n (task, seed) pairs: tasks drawn by weight (the curriculum), task seeds from the split's range."""
+def episode_specs(rollout: RolloutParams, n: int, seed: int, split: str = "train",
+                  available: dict | None = None) -> list[tuple[str, int]]:
+    """n (task, seed) pairs: tasks drawn by weight (the curriculum), task seeds from the split's range.
+
+    `available` is a replay server's recorded seeds ({task: [[start, end), ...]], EnvClient.seeds()): seeds are
+    then drawn from those inside the split's range."""
     weights = task_weights(rollout)
     lo, hi = seed_range(rollout.train_seeds if split == "train" else rollout.eval_seeds, f"rollout.{split}_seeds")
+    pools = recorded_seeds(available, list(weights), lo, hi, split) if available is not None else None
     rng = random.Random(f"{split}:{seed}")
     names, w = list(weights), list(weights.values())
     # One draw pair per item, so a longer run starts with the same episodes (resume stays in step).
-    return [(rng.choices(names, weights=w)[0], rng.randrange(lo, hi)) for _ in range(n)]
+    specs = []
+    for _ in range(n):
+        task = rng.choices(names, weights=w)[0]
+        specs.append((task, rng.randrange(lo, hi) if pools is None else rng.choice(pools[task])))
+    return specs
+
+
+def recorded_seeds(available: dict, tasks: list[str], lo: int, hi: int, split: str) -> dict[str, list[int]]:
+    """Per task, the recorded seeds inside [lo, hi); an error naming the task when it has none."""
+    pools = {t: [s for a, b in available.get(t, []) for s in range(max(a, lo), min(b, hi))] for t in tasks}
+    empty = [t for t, seeds in pools.items() if not seeds]
+    if empty:
+        raise TrainingSetupError(f"rollout.{split}_seeds = [{lo}, {hi}): the replay recording has no seeds of "
+                                 f"{empty} in that range (it has {', '.join(f'{t}: {available.get(t)}' for t in empty)})")
+    return pools
 
 
 def encode_spec(task: str, seed: int) -> str:
@@ -112,13 +131,14 @@ def decode_spec(prompt) -> tuple[str, int]:
     return d["task"], int(d["seed"])
 
 
-def train_dataset(params: Params):
+def train_dataset(params: Params, available: dict | None = None):
     from datasets import Dataset
 
     t = params.train
     groups_per_step = generation_batch_size(t) // t.num_generations
     n = (t.max_steps + 1) * groups_per_step  # one epoch covers the whole run: every group a fresh (task, seed)
-    return Dataset.from_dict({"prompt": [encode_spec(*s) for s in episode_specs(params.rollout, n, params.seed)]})
+    specs = episode_specs(params.rollout, n, params.seed, available=available)
+    return Dataset.from_dict({"prompt": [encode_spec(*s) for s in specs]})
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -240,7 +260,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
     args = grpo_config(params, output_dir, device)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params.rollout), args=args,
-                          train_dataset=train_dataset(params), processing_class=tokenizer,
+                          train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
                           peft_config=peft_config, rollout_func=make_rollout_func(runner),
                           callbacks=[*_callbacks(params, output_dir), *callbacks])
     return trainer, runner
@@ -298,7 +318,8 @@ def warm_start(params: Params, resolved, client, out_dir: Path) -> dict:
 
     w = params.warmstart
     specs = [(task, seed) for task in task_weights(params.rollout)
-             for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train")]
+             for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train",
+                                          available=client.seeds())]
     demos = collect_demos(client, resolved.tokenizer, params.rollout, specs)
     if not demos:
         raise RuntimeError("warm start: no scripted demonstration succeeded; is the env server healthy?")

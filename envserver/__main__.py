@@ -80,6 +80,12 @@ def main(argv=None) -> None:
             sys.exit(f"envserver: --task {args.task} is not in the recording {args.replay} "
                      f"(it has {', '.join(backend.tasks())})")
         settings.default_task = backend.tasks()[0]
+    health = backend.health()
+    if settings.replay:
+        logging.getLogger("envserver").info("replaying %s (%d episodes of %s); no browser", settings.replay,
+                                            health["replay"]["episodes"], ", ".join(backend.tasks()))
+    else:
+        logging.getLogger("envserver").info("live browsers: %s", health["browser"])
     uvicorn.run(create_app(settings, backend), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=30)
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -135,3 +136,41 @@ def test_parity_with_the_live_browser_300_samples(tmp_path):
     print(json.dumps({k: v for k, v in report.items() if k != "disagreements"}))
     assert report["agreement"] >= 0.99, report["disagreements"]
     assert report["two_step"] is not None and report["counts"]["malformed"] >= 30
+
+
+def test_notebook_03_trains_against_the_replay_without_a_browser(recording, tmp_path):
+    """The GPU path on CPU: replay server + tiny LFM2 through notebook 03 (warm start, GRPO, evaluation), with
+    Chromium made unfindable so that any browser launch would fail the run."""
+    import os
+
+    from tests.test_notebook_02_03 import ROOT
+
+    env = {**os.environ, "BGWORK_RUNS_DIR": str(tmp_path / "runs"), "BGWORK_CHROMIUM": str(tmp_path / "no-chromium")}
+    out = subprocess.run(
+        [sys.executable, "-m", "bgwork", "run", "03", "-f", str(ROOT / "params/tiny.yaml"), "-p", f"env.replay={recording}",
+         "-p", "rollout.tasks=[click-test, click-button]", "-p", "train.max_steps=2", "-p", "train.save_steps=1",
+         "-p", "evaluation.episodes_per_task=1", "-p", "warmstart.episodes_per_task=1"],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (d,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["train/global_step"] == 2 and "eval/trained_success_rate/click-button" in metrics
+    out_dir = Path(metrics["train/output_dir"])
+    assert (out_dir / "checkpoint-2").is_dir() and (out_dir / "final").is_dir()
+    assert list((out_dir / "tensorboard").glob("events.out.tfevents.*")) and (d / "03_full_run.html").is_file()
+    assert f"replaying {recording} (12 episodes" in (d / "envserver.log").read_text()
+
+
+def test_bgwork_record_wraps_the_recorder_with_the_params_seeds(tmp_path):
+    from tests.test_notebook_02_03 import ROOT
+
+    out = tmp_path / "rec.jsonl.gz"
+    done = subprocess.run([sys.executable, "-m", "bgwork", "record", "--out", str(out), "--tasks", "click-test",
+                           "--train-seeds", "2", "--eval-seeds", "1", "-p", "env.max_sessions=2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with gzip.open(out, "rt") as fh:
+        header, *lines = [json.loads(line) for line in fh]
+    assert header["tasks"]["click-test"]["seeds"] == 3
+    assert [(line["task"], line["seed"]) for line in lines] == [("click-test", 0), ("click-test", 1),
+                                                                ("click-test", 1_000_000)]
