@@ -27,7 +27,7 @@ class EnvParams:
 
     url: str | None = _f(None, "envserver base URL; null starts an embedded server on a free loopback port")
     token: str | None = _f(None, "bearer token for a non-loopback envserver (else env var BGWORK_ENV_TOKEN)")
-    max_sessions: int = _f(4, "embedded server: parallel browser sessions", min=1, max=64)
+    max_sessions: int = _f(4, "embedded server: parallel sessions (browsers; a replay's cost nothing)", min=1, max=1024)
     pre_observation_delay: float = _f(0.1, "embedded server: seconds to wait after an action before observing", min=0.0, max=5.0)
     action_timeout_ms: int = _f(1500, "embedded server: Playwright timeout of each click/fill/press in the page (BrowserGym: 500)", min=1, max=60000)
     request_timeout: float = _f(60.0, "seconds before an env HTTP call is abandoned", min=1.0)
