@@ -68,7 +68,7 @@ def podman_env() -> dict:
 def podman(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     cmd = ["podman", *GLOBAL_FLAGS, *args]
     print("+", shlex.join(cmd), file=sys.stderr, flush=True)
-    result = subprocess.run(cmd, env=podman_env(), **kwargs)
+    result = subprocess.run(cmd, env=podman_env(), check=False, **kwargs)
     if check and result.returncode != 0:
         raise PodmanError(f"`{shlex.join(cmd)}` exited with {result.returncode}")
     return result
@@ -103,16 +103,19 @@ def make_base(rebuild: bool = False) -> None:
                        check=True, stdout=subprocess.DEVNULL)
         (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
         (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(DEBIAN_SOURCES)
-        subprocess.run(["apt-get", "clean"], cwd=rootfs, check=False)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        podman("import", "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL)
+        try:
+            podman("import", "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL)
+        finally:
+            tar.stdout.close()  # a failed import: tar ends on the closed pipe instead of blocking
         if tar.wait() != 0:
             raise PodmanError("tar of the debootstrapped tree failed")
 
 
 def host_pip_config() -> dict[str, str]:
     """This machine's effective pip options (config files and PIP_* variables), as `pip config list` merges them."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                         check=False).stdout
     options: dict[str, str] = {}
     for line in sorted(out.splitlines(), key=lambda ln: ln.startswith(":env:")):  # PIP_* variables win
         key, sep, value = line.partition("=")

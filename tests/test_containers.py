@@ -84,7 +84,7 @@ def test_envserver_image_installs_pyprojects_requirements():
 
 def test_dockerfiles_start_from_the_public_debian_image():
     for name in ("envserver", "trainer"):
-        froms = re.findall(r"^FROM (\S+)", (DOCKER / name / "Dockerfile").read_text(), re.M)
+        froms = re.findall(r"^FROM (\S+)", (DOCKER / name / "Dockerfile").read_text(), re.MULTILINE)
         assert froms == ["debian:bookworm-slim"], name
 
 
@@ -115,7 +115,7 @@ def test_build_mounts_give_a_build_the_hosts_pip_setup(tmp_path):
 def _compose_config(env: dict) -> subprocess.CompletedProcess:
     """podman-compose's own parser and interpolation (--dry-run: no podman needed)."""
     return subprocess.run([sys.executable, "-m", "podman_compose", "--dry-run", "-f", str(DOCKER / "compose.yaml"),
-                           "config"], capture_output=True, text=True, env=env, timeout=120)
+                           "config"], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def test_compose_file_is_valid_and_complete():
@@ -186,7 +186,7 @@ def test_images_build_and_run_notebook_01_in_the_trainer_against_the_envserver(t
         log = tmp_path / f"build-{name}.log"
         with log.open("w") as out:
             built = subprocess.run([sys.executable, str(DOCKER / "podman.py"), "build", name], stdout=out,
-                                   stderr=subprocess.STDOUT, timeout=3000)
+                                   stderr=subprocess.STDOUT, timeout=3000, check=False)
         assert built.returncode == 0, f"building {name} failed:\n" + "\n".join(log.read_text().splitlines()[-40:])
 
     run_id = uuid.uuid4().hex[:8]
