@@ -1,4 +1,5 @@
-"""Command line: `bgwork run NOTEBOOK... [-f params/X.yaml] [-p key=value]...` (also `python -m bgwork run ...`)."""
+"""Command line: `bgwork run NOTEBOOK... [-f params/X.yaml] [-p key=value]...` (also `python -m bgwork run ...`);
+`bgwork lab` starts JupyterLab on the notebooks."""
 
 from __future__ import annotations
 
@@ -28,8 +29,14 @@ def main(argv=None) -> int:
         p.add_argument("-f", "--params", dest="params_file", help="params YAML file, e.g. params/smoke.yaml")
         p.add_argument("-p", "--param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one value, e.g. -p train.learning_rate=1e-6 (repeatable; value read as YAML)")
+    lab_p = sub.add_parser("lab", help="start JupyterLab in the project root (loopback, token, kernel bgwork)")
+    lab_p.add_argument("path", nargs="?", help="a file or folder to open, e.g. notebooks/01_env_smoke_test.py")
+    lab_p.add_argument("--ip", default="127.0.0.1", help="address to listen on (0.0.0.0 only inside a container)")
+    lab_p.add_argument("--port", type=int, default=8888, help="port to listen on (default 8888)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "lab":
+            return _lab(args)
         if args.command == "params":
             print(yaml.safe_dump(to_dict(load_params(args.params_file, args.overrides)), sort_keys=False), end="")
             return 0
@@ -48,6 +55,15 @@ def main(argv=None) -> int:
 def _usage_error(e: Exception) -> int:
     print(f"bgwork: error: {e}", file=sys.stderr)
     return 2
+
+
+def _lab(args) -> int:
+    from bgwork.lab import LabError, start
+
+    try:
+        return start(args.ip, args.port, args.path)
+    except LabError as e:
+        return _usage_error(e)
 
 
 def _run(args) -> int:

@@ -21,6 +21,10 @@
 # With the defaults (`params/debug.yaml`: bundled SmolLM2-135M, LoRA) it takes about 3 minutes on a 2-core CPU.
 
 # %% tags=["parameters"]
+# Headless, `bash scripts/main.sh` (`bgwork run 01 02`) runs these defaults, which params/debug.yaml spells out;
+# `bgwork run 02 -f params/X.yaml` injects that file's values after this cell. Interactively (JupyterLab) the
+# values below run; to use a file, replace the next cell's `load_params(...)` with
+# `params = load_params("../params/debug.yaml")`.
 name = "debug"
 env = {}
 model = {}

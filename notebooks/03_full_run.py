@@ -20,6 +20,9 @@
 # or starts an embedded one.
 
 # %% tags=["parameters"]
+# Headless, `bgwork run 03 -f params/full.yaml` (or learn.yaml, lora.yaml) injects that file's values after this
+# cell. Interactively (JupyterLab) the values below run; to use a file, replace the next cell's `load_params(...)`
+# with `params = load_params("../params/full.yaml")`.
 name = "full"
 env = {}
 model = {}

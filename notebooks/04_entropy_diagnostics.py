@@ -24,6 +24,10 @@
 # notebook's own run dir (chained after training: `bgwork run 02 04 -p diagnostics.runs=[]`).
 
 # %% tags=["parameters"]
+# Headless, `bgwork run 04` uses no params file: these defaults plus `-p diagnostics.KEY=VALUE` overrides (or a file
+# with a `diagnostics:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `diagnostics =
+# {"runs": ["outputs/runs/RUN_DIR"]}` (paths from the project root), or replace the next cell's `load_params(...)`
+# with `params = load_params("../params/X.yaml")`.
 name = "diagnostics"
 diagnostics = {}  # bgwork.config.DiagnosticsParams: runs (dirs or globs), write_back, detector thresholds
 run_dir = None

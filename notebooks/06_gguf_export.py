@@ -22,6 +22,9 @@
 # default: the newest checkpoint under `outputs/`). Nothing is compiled; first use fetches the sdist with pip.
 
 # %% tags=["parameters"]
+# Headless, `bgwork run 06` uses no params file: these defaults plus `-p export.KEY=VALUE` overrides (or a file with
+# an `export:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `export = {"checkpoint": "..."}`,
+# or replace the next cell's `load_params(...)` with `params = load_params("../params/X.yaml")`.
 name = "export"
 export = {}  # bgwork.config.ExportParams: checkpoint, out_dir, quants, verify, prompts, gen_tokens, min_cosine
 run_dir = None

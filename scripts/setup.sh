@@ -55,4 +55,7 @@ if [ ! -f "$VENV/share/jupyter/kernels/bgwork/kernel.json" ]; then
   say "registering Jupyter kernel 'bgwork'"
   "$VPY" -m ipykernel install --sys-prefix --name bgwork --display-name "Python (bgwork)" >/dev/null
 fi
+# JupyterLab defaults shipped in jupyter/ (notebooks/*.py open as notebooks): `bgwork lab` reads them from the
+# repo; this copy serves a plain `.venv/bin/jupyter lab` too. Cheap, so refreshed on every run.
+install -D -m 644 jupyter/labconfig/default_setting_overrides.json "$VENV/etc/jupyter/labconfig/default_setting_overrides.json"
 say "ready: $VENV"
