@@ -140,6 +140,7 @@ _RUN_FINISHED = """() => {
 }"""
 
 
+@pytest.mark.browser
 @pytest.mark.timeout(600)
 def test_lab_opens_runs_and_saves_notebook_01(tmp_path):
     from playwright.sync_api import sync_playwright
