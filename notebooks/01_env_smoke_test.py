@@ -21,7 +21,7 @@
 # The run fails if any check fails.
 
 # %% tags=["parameters"]
-name = "smoke"
+name = None
 env = {}
 smoke = {}
 run_dir = None

@@ -24,7 +24,7 @@
 # notebook's own run dir (chained after training: `bgwork run 02 04 -p diagnostics.runs=[]`).
 
 # %% tags=["parameters"]
-name = "diagnostics"
+name = None
 diagnostics = {}  # bgwork.config.DiagnosticsParams: runs (dirs or globs), write_back, detector thresholds
 run_dir = None
 

@@ -25,7 +25,7 @@
 # `cleanup.copy_to` copy a chosen checkpoint out first (without optimizer state).
 
 # %% tags=["parameters"]
-name = "cleanup"
+name = None
 cleanup = {}  # bgwork.config.CleanupParams: apply, keep_last, keep_best, metric, pinned, slim, copy_checkpoint, ...
 run_dir = None
 
