@@ -21,8 +21,8 @@ def test_tiny_random_lfm2_is_real_lfm2_and_deterministic():
 
 def test_bundled_smollm2_is_a_float_checkpoint_with_chat_template(tmp_path):
     r = models.resolve_model(models.BUNDLED_SMOLLM2, load_model=False)
-    from pathlib import Path
     import json
+    from pathlib import Path
     cfg = json.loads((Path(r.path) / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["model_type"] == "llama"
     assert list(Path(r.path).glob("*.safetensors"))
