@@ -48,8 +48,8 @@ def without_envserver_patches():
 
 def stock_browsergym(task: str, episodes: int) -> float:
     """Sequential episodes with BrowserGym's own env; every launch redirected to the system Chromium."""
-    import gymnasium as gym
     import browsergym.miniwob  # noqa: F401 - registers the envs
+    import gymnasium as gym
     from browsergym.core import _get_global_playwright
 
     os.environ.setdefault("MINIWOB_URL", miniwob_url())

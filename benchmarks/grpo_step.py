@@ -48,7 +48,8 @@ def main() -> int:
     from bgwork.envclient import EnvClient
     from bgwork.params import load_params
 
-    base = load_params(args.params, args.overrides + (["model.name=tiny-random-lfm2"] if args.tiny else []))
+    args.overrides += ["model.name=tiny-random-lfm2"] if args.tiny else []
+    base = load_params(args.params, args.overrides)
     cuda = torch.cuda.is_available()
     info = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "model": base.model.name,
             "lora": base.lora.enabled, "torch": torch.__version__, "turns": base.rollout.max_episode_steps,
@@ -75,19 +76,18 @@ def measure(base, b: int, args, client) -> dict:
     from transformers import TrainerCallback
 
     from bgwork.models import resolve_model
-    from bgwork.params import apply_override
-    from bgwork.training import build_trainer, device_and_dtype
+    from bgwork.params import load_params
+    from bgwork.trainer import build_trainer, device_and_dtype
 
     baseline = b == "baseline"
     b = 2 if baseline else b
     micro = min(args.micro_batch, b)
-    params = base
-    for item in (f"train.per_device_train_batch_size={micro}", f"train.gradient_accumulation_steps={b // micro}",
+    params = load_params(args.params, [*args.overrides, *(
+                 f"train.per_device_train_batch_size={micro}", f"train.gradient_accumulation_steps={b // micro}",
                  f"train.generation_batch_size={b}", f"train.max_steps={args.steps}", f"train.save_steps={10**6}",
                  f"train.num_generations={min(base.train.num_generations, b)}",
                  # the baseline plays one episode at a time: build_trainer's wave is min(batch, max_sessions)
-                 f"env.max_sessions={1 if baseline else max(base.env.max_sessions, b)}"):
-        params = apply_override(params, item)
+                 f"env.max_sessions={1 if baseline else max(base.env.max_sessions, b)}")])
     device, dtype = device_and_dtype(params.model.dtype)
     resolved = resolve_model(params.model.name, dtype=dtype)
     cuda = device == "cuda"
@@ -101,20 +101,21 @@ def measure(base, b: int, args, client) -> dict:
         def on_step_end(self, a, state, control, **kw):
             _sync(cuda)
             total = time.perf_counter() - self.t0
-            g, e = runner.timings["generate_s"], runner.timings["env_s"]
+            g, e = player.timings["generate_s"], player.timings["env_s"]
             steps.append({"step_s": total, "generate_s": g, "env_s": e, "train_s": total - g - e})
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, runner = build_trainer(params, Path(tmp) / f"b{b}", client, resolved, callbacks=[Timer()])
+        trainer, player = build_trainer(params, Path(tmp) / f"b{b}", client, resolved, callbacks=[Timer()])
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
             trainer.train()
         finally:
-            runner.close()
+            player.close()
     timed = steps[1:] or steps
     med = {k: statistics.median(s[k] for s in timed) for k in ("step_s", "generate_s", "env_s", "train_s")}
-    row = {"batch": "2 (one at a time)" if baseline else b, "micro_batch": micro, "steps_timed": len(timed), **{k: round(v, 3) for k, v in med.items()},
+    row = {"batch": "2 (one at a time)" if baseline else b, "micro_batch": micro, "steps_timed": len(timed),
+           **{k: round(v, 3) for k, v in med.items()},
            "episodes_per_s": round(b / med["step_s"], 2), "warmup_step_s": round(steps[0]["step_s"], 2),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None}
     del trainer, resolved

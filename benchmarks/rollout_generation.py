@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/rollout_generation.py --prepare-carry .bench  # for a GPU box with no network
     python3 benchmarks/rollout_generation.py --tokenizer .bench/tokenizer --site .bench/site --static --no-cudnn-sdp
 
-Every generation goes through `bgwork.rollout.EpisodeRunner.generate(model, sequences)`, the method the GRPO
+Every generation goes through `bgwork.rollout.EpisodePlayer.generate(model, sequences)`, the method the GRPO
 rollouts use: left-padded batch, sampling at temperature 1, log-probs from the returned logits. The model has
 LFM2-350M's shape with random weights (bf16 on CUDA, fp32 on CPU); `--tiny` swaps in the tiny test LFM2.
 Episodes are synthetic but shaped like MiniWoB ones: a first prompt of 500-700 tokens (bgwork's system prompt,
@@ -33,7 +33,6 @@ import json
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -161,8 +160,8 @@ def make_episodes(turns_api, n: int, seed: int, turns: int, prompt_range=(500, 7
 
 # --- playing ------------------------------------------------------------------------------------------
 
-def play(runner, model, episodes: list[SyntheticEpisode], turns: int) -> dict:
-    """All episodes as one wave: per turn one runner.generate over every episode, then the env text appended."""
+def play(player, model, episodes: list[SyntheticEpisode], turns: int) -> dict:
+    """All episodes as one wave: per turn one player.generate over every episode, then the env text appended."""
     widths, pad_frac, new_tokens = [], [], 0
     t0 = time.perf_counter()
     for turn in range(turns):
@@ -170,14 +169,14 @@ def play(runner, model, episodes: list[SyntheticEpisode], turns: int) -> dict:
         w = max(map(len, seqs))
         widths.append(w)
         pad_frac.append(1 - sum(map(len, seqs)) / (w * len(seqs)))
-        outputs = runner.generate(model, seqs)
+        outputs = player.generate(model, seqs)
         for e, (ids, logps) in zip(episodes, outputs):
             e.completion_ids += ids
             e.logprobs += logps
             e.action_mask += [1] * len(ids)
             new_tokens += len(ids)
             if turn < turns - 1:
-                env = runner.turns.next_turn(e.next_turns[turn], runner.turns.ends_with_eos(ids))
+                env = player.turns.next_turn(e.next_turns[turn], player.turns.ends_with_eos(ids))
                 e.completion_ids += env
                 e.logprobs += [0.0] * len(env)
                 e.action_mask += [0] * len(env)
@@ -186,8 +185,8 @@ def play(runner, model, episodes: list[SyntheticEpisode], turns: int) -> dict:
             "widths": widths, "pad_fraction": [round(p, 3) for p in pad_frac]}
 
 
-def play_one_at_a_time(runner, model, episodes, turns: int) -> list[dict]:
-    return [play(runner, model, [e], turns) for e in episodes]
+def play_one_at_a_time(player, model, episodes, turns: int) -> list[dict]:
+    return [play(player, model, [e], turns) for e in episodes]
 
 
 def _sync():
@@ -199,15 +198,16 @@ def _sync():
 
 def rates(runs: list[dict]) -> dict:
     s = sum(r["seconds"] for r in runs)
-    return {"seconds": s, "episodes": sum(r["episodes"] for r in runs), "new_tokens": sum(r["new_tokens"] for r in runs),
+    return {"seconds": s, "episodes": sum(r["episodes"] for r in runs),
+            "new_tokens": sum(r["new_tokens"] for r in runs),
             "tok_per_s": sum(r["new_tokens"] for r in runs) / s, "episodes_per_s": sum(r["episodes"] for r in runs) / s}
 
 
-def measure_batched(runner, model, tag, sizes, reps, turns, seed, log) -> list[dict]:
+def measure_batched(player, model, tag, sizes, reps, turns, seed, log) -> list[dict]:
     rows = []
     for b in sizes:
-        first = rates([play(runner, model, make_episodes(runner.turns, b, seed + 1000 * b, turns), turns)])
-        warm_runs = [play(runner, model, make_episodes(runner.turns, b, seed + 1000 * b + r + 1, turns), turns)
+        first = rates([play(player, model, make_episodes(player.turns, b, seed + 1000 * b, turns), turns)])
+        warm_runs = [play(player, model, make_episodes(player.turns, b, seed + 1000 * b + r + 1, turns), turns)
                      for r in range(reps)]
         warm = rates([sorted(warm_runs, key=lambda r: r["seconds"])[len(warm_runs) // 2]])  # median wave
         rows.append({"mode": tag, "batch": b, "first": first, "warm": warm,
@@ -277,7 +277,7 @@ def main() -> None:
     from bgwork.config import RolloutParams
     from bgwork.envclient import EnvClient
     from bgwork.models import BUNDLED_SMOLLM2, load_tokenizer, model_path
-    from bgwork.rollout import EpisodeRunner
+    from bgwork.rollout import EpisodePlayer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.no_cudnn_sdp:
@@ -290,8 +290,8 @@ def main() -> None:
     model = build_model(args.tiny, len(tokenizer), device)
     params = RolloutParams(max_action_tokens=args.action_tokens, max_episode_steps=args.turns)
     max_b = max(args.batch_sizes)
-    # The runner's env client is never called here: generation is measured alone.
-    runner = EpisodeRunner(EnvClient("http://127.0.0.1:9"), tokenizer, params, temperature=1.0,
+    # The player's env client is never called here: generation is measured alone.
+    player = EpisodePlayer(EnvClient("http://127.0.0.1:9"), tokenizer, params, temperature=1.0,
                            max_completion_length=4096, max_parallel=max_b)
     info = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
@@ -306,25 +306,27 @@ def main() -> None:
         results["rows"].append(row)
         f, w = row["first"], row["warm"]
         print(f"{row['mode']:>8} B={row['batch']:<3} first {f['seconds']:7.2f}s {f['tok_per_s']:8.0f} tok/s | warm "
-              f"{w['seconds']:7.2f}s {w['tok_per_s']:8.0f} tok/s {w['episodes_per_s']:7.2f} ep/s  widths {row['widths']}",
+              f"{w['seconds']:7.2f}s {w['tok_per_s']:8.0f} tok/s {w['episodes_per_s']:7.2f} ep/s  "
+              f"widths {row['widths']}",
               flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
 
     t_start = time.perf_counter()
-    play(runner, model, make_episodes(runner.turns, 2, 7, 1, (64, 96), 40), 1)  # process warm-up: CUDA context, kernels
+    play(player, model, make_episodes(player.turns, 2, 7, 1, (64, 96), 40), 1)  # process warm-up: CUDA context, kernels
 
     # (a) the original: one episode at a time, batch 1.
-    runs = play_one_at_a_time(runner, model, make_episodes(runner.turns, args.baseline_episodes, 1, args.turns), args.turns)
+    episodes = make_episodes(player.turns, args.baseline_episodes, 1, args.turns)
+    runs = play_one_at_a_time(player, model, episodes, args.turns)
     log({"mode": "batch1", "batch": 1, "first": rates(runs[:1]), "warm": rates(runs[1:] or runs),
          "widths": runs[-1]["widths"], "pad_fraction": runs[-1]["pad_fraction"]})
     base = results["rows"][-1]["warm"]["episodes_per_s"]
 
     # (b) bgwork: one batched generate per turn over the whole wave.
-    measure_batched(runner, model, "dynamic", args.batch_sizes, args.reps, args.turns, 10, log)
-    check_eps = make_episodes(runner.turns, max_b, 99, args.turns)
-    play(runner, model, check_eps, args.turns)
-    results["logprob_check"] = {"dynamic": {"batch": max_b, **logprob_check(model, check_eps, runner.temperature,
+    measure_batched(player, model, "dynamic", args.batch_sizes, args.reps, args.turns, 10, log)
+    check_eps = make_episodes(player.turns, max_b, 99, args.turns)
+    play(player, model, check_eps, args.turns)
+    results["logprob_check"] = {"dynamic": {"batch": max_b, **logprob_check(model, check_eps, player.temperature,
                                                                           tokenizer.pad_token_id)}}
     print("logprob check, dynamic:", results["logprob_check"]["dynamic"], flush=True)
 
@@ -341,7 +343,7 @@ def main() -> None:
                 print(f"static: budget spent, skipping B={b}", flush=True)
                 continue
             try:
-                measure_batched(runner, model, "static", [b], args.reps, args.turns, 10, log)
+                measure_batched(player, model, "static", [b], args.reps, args.turns, 10, log)
                 done.append(b)
             except Exception as e:  # report and keep the dynamic figures
                 print(f"static B={b} failed: {type(e).__name__}: {e}", flush=True)
@@ -349,23 +351,24 @@ def main() -> None:
         try:
             # at a batch size already compiled: a skipped one would spend the budget on a new compilation
             check_b = max(done, default=min(args.batch_sizes))
-            check_eps = make_episodes(runner.turns, check_b, 99, args.turns)
-            play(runner, model, check_eps, args.turns)
+            check_eps = make_episodes(player.turns, check_b, 99, args.turns)
+            play(player, model, check_eps, args.turns)
             results["logprob_check"]["static"] = {"batch": check_b, **logprob_check(
-                model, check_eps, runner.temperature, tokenizer.pad_token_id)}
+                model, check_eps, player.temperature, tokenizer.pad_token_id)}
             print("logprob check, static:", results["logprob_check"]["static"], flush=True)
         except Exception as e:
             print(f"static check failed: {type(e).__name__}: {e}", flush=True)
             results.setdefault("errors", []).append(f"static check: {type(e).__name__}: {e}")
         model.generation_config.cache_implementation = None
-    runner.close()
+    player.close()
 
-    print(f"\n| mode | B | first wave s | warm wave s | warm new tok/s | warm episodes/s | speed-up vs batch 1 |")
+    print("\n| mode | B | first wave s | warm wave s | warm new tok/s | warm episodes/s | speed-up vs batch 1 |")
     print("|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         w = r["warm"]
         per = "per episode" if r["batch"] == 1 else "per wave"
-        print(f"| {r['mode']} | {r['batch']} | {r['first']['seconds']:.2f} | {w['seconds'] / (w['episodes'] if r['batch'] == 1 else 1):.2f} ({per}) "
+        warm_s = w["seconds"] / (w["episodes"] if r["batch"] == 1 else 1)
+        print(f"| {r['mode']} | {r['batch']} | {r['first']['seconds']:.2f} | {warm_s:.2f} ({per}) "
               f"| {w['tok_per_s']:.0f} | {w['episodes_per_s']:.2f} | {w['episodes_per_s'] / base:.1f}x |")
     results["total_s"] = time.perf_counter() - t_start
     if args.json:

@@ -5,26 +5,23 @@
     apply_plan(plan)                            # deletes exactly plan.actions, after re-checking them
 
 A "run" is a directory holding `checkpoint-<step>` dirs (TRL/transformers `output_dir`). Pinned runs and
-runs still training are never touched. Training marks itself with `training_lock(run_dir)`, which writes
-`TRAINING.lock` (JSON: pid, host, start time) and removes it on exit; a lock in the run dir or any parent
-below outputs/ counts. Nothing outside outputs/ and no symlink is ever deleted, followed or copied.
+runs still training are never touched: training holds `bgwork.training_lock` on its run dir, and a live lock
+in the run dir or any parent below outputs/ counts. Nothing outside outputs/ and no symlink is ever deleted,
+followed or copied.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import os
 import shutil
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgwork.config import CleanupParams
+from bgwork.training_lock import active_lock
 
-LOCK_NAME = "TRAINING.lock"
 # Files only needed to resume training; dropping them "slims" a checkpoint to model + config.
 OPTIMIZER_PATTERNS = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 MODEL_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "adapter_model.*", "model*.bin")
@@ -49,72 +46,6 @@ def cleanup_root(root: str | Path | None = None) -> Path:
     if root is None:
         return base
     return checked_path(Path(root) if Path(root).is_absolute() else PROJECT_ROOT / root, base)
-
-
-# --- the training lock ----------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def training_lock(run_dir: str | Path):
-    """Mark `run_dir` as training for the duration of the block, so cleanup leaves it alone.
-
-    Raises CheckpointError if a live process already holds the lock; a stale lock (dead pid) is replaced.
-    """
-    path = Path(run_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(path)
-            if holder and holder["alive"]:
-                raise CheckpointError(f"{run_dir}: already training (pid {holder['pid']} on {holder['host']})") from None
-            path.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(mine, fh)
-        break
-    try:
-        yield path
-    finally:
-        holder = read_lock(path)
-        if holder and holder["pid"] == mine["pid"] and holder["host"] == mine["host"]:
-            path.unlink(missing_ok=True)
-
-
-def read_lock(path: Path) -> dict | None:
-    """The lock's content plus `alive`: True unless its pid is known dead on this host (unreadable = alive)."""
-    try:
-        info = json.loads(Path(path).read_text())
-        pid, host = int(info["pid"]), str(info.get("host", ""))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError, OSError):
-        return {"pid": None, "host": "?", "alive": True, "path": str(path)}  # can't tell: assume training
-    alive = host != socket.gethostname() or _pid_alive(pid)
-    return {"pid": pid, "host": host, "alive": alive, "path": str(path)}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def active_lock(run_dir: Path, root: Path) -> dict | None:
-    """A live TRAINING.lock in run_dir or any parent up to root, else None."""
-    d = Path(run_dir)
-    while True:
-        holder = read_lock(d / LOCK_NAME)
-        if holder and holder["alive"]:
-            return holder
-        if d == root or root not in d.parents:
-            return None
-        d = d.parent
 
 
 # --- path safety ------------------------------------------------------------------------------------------
@@ -180,7 +111,8 @@ def step_of(dirname: str) -> int | None:
     return int(num) if not prefix and num.isdigit() else None
 
 
-def read_checkpoint(path: Path, success_metric: str = "success_rate", metric: str = "reward") -> Checkpoint:
+def read_checkpoint(path: Path, metric: str, success_metric: str) -> Checkpoint:
+    """A checkpoint's files by category, and the values of `metric` and `success_metric` logged at its step."""
     files, problems = _list_files(path)
     if problems:
         raise CheckpointError(f"{path}: {problems[0]}")
@@ -261,7 +193,7 @@ def _read_run(run_dir: Path, ckpt_names: list[str], root: Path, cleanup: Cleanup
         try:
             if path.is_symlink():
                 raise CheckpointError(f"{path} is a symlink; refused")
-            ckpts.append(read_checkpoint(path, cleanup.success_metric, cleanup.metric))
+            ckpts.append(read_checkpoint(path, cleanup.metric, cleanup.success_metric))
         except (CheckpointError, OSError) as e:
             problems.append(str(e))
     lock = active_lock(run_dir, root)

@@ -67,7 +67,7 @@ def _lab(args) -> int:
 
 
 def _run(args) -> int:
-    from bgwork.runner import RunError, run  # papermill/nbconvert imports are slow: only when running
+    from bgwork.notebook_run import RunError, run  # papermill/nbconvert imports are slow: only when running
 
     try:
         result = run(args.notebooks, args.params_file, args.overrides)

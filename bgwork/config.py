@@ -1,8 +1,12 @@
 """The one typed config of a bgwork run. Each section is a dataclass; every field documents itself.
 
-A params/*.yaml file holds any subset of these sections; omitted values keep the defaults below
-(the "embedded defaults"). Notebooks receive sections as dicts through papermill and validate them
-with `bgwork.params` before any heavy work.
+A params/*.yaml file holds any subset of these sections; omitted values keep the defaults below (the
+"embedded defaults": the only place a default is written). `bgwork.params` reads YAML, notebook dicts and
+`-p` overrides into these types; `bgwork params` prints the resolved values.
+
+A `Params` that exists is valid (as TRL's configs check themselves in `__post_init__`): every field is
+checked against its type and bounds, then each section's cross-field rules run (`_check`), then those
+between sections. A violation raises ConfigError naming the key(s) and what is allowed.
 
 Section owners add fields to their own dataclass only; each field: `field(default=..., metadata={"help": ...})`.
 Numeric bounds: metadata "min"/"max"; closed choices: a `Literal[...]` type.
@@ -10,8 +14,19 @@ Numeric bounds: metadata "min"/"max"; closed choices: a `Literal[...]` type.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
+
+from bgwork import metrics
+
+
+class ConfigError(ValueError):
+    """A value, or values together, that a run cannot use; the message names the key(s) and what is allowed."""
 
 
 def _f(default, help: str, **meta):
@@ -21,15 +36,36 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+class _Section:
+    """Checks every field on construction, then the section's own cross-field rules."""
+
+    _key = ""  # where the section sits in Params ("env", "train", ...): error messages name "env.max_sessions"
+
+    def __post_init__(self):
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            key = f"{self._key}.{f.name}" if self._key else f.name
+            setattr(self, f.name, check_value(getattr(self, f.name), hints[f.name], f.metadata, key))
+        self._check()
+
+    def _check(self) -> None:
+        """Rules between this section's fields; raise ConfigError naming the keys."""
+
+
 @dataclass
-class EnvParams:
+class EnvParams(_Section):
     """Where the browser lives: an external envserver URL, or an embedded one started for the run."""
+
+    _key = "env"
 
     url: str | None = _f(None, "envserver base URL; null starts an embedded server on a free loopback port")
     token: str | None = _f(None, "bearer token for a non-loopback envserver (else env var BGWORK_ENV_TOKEN)")
-    max_sessions: int = _f(4, "embedded server: parallel sessions (browsers; a replay's cost nothing)", min=1, max=1024)
-    pre_observation_delay: float = _f(0.1, "embedded server: seconds to wait after an action before observing", min=0.0, max=5.0)
-    action_timeout_ms: int = _f(1500, "embedded server: Playwright timeout of each click/fill/press in the page (BrowserGym: 500)", min=1, max=60000)
+    max_sessions: int = _f(4, "embedded server: parallel sessions (browsers; a replay's cost nothing)",
+                             min=1, max=1024)
+    pre_observation_delay: float = _f(0.1, "embedded server: seconds to wait after an action before observing", min=0.0,
+                                      max=5.0)
+    action_timeout_ms: int = _f(1500, "embedded server: Playwright timeout of each click/fill/press in the page "
+                                "(BrowserGym: 500)", min=1, max=60000)
     request_timeout: float = _f(60.0, "seconds before an env HTTP call is abandoned", min=1.0)
     replay: str | None = _f(None, "a recording (`bgwork record`, `python -m envserver.record`): the embedded server "
                                   "replays it instead of driving browsers (no Chromium needed, e.g. on a GPU node); "
@@ -37,8 +73,10 @@ class EnvParams:
 
 
 @dataclass
-class SmokeParams:
+class SmokeParams(_Section):
     """Notebook 01: which tasks to reset, solve with a scripted solver, and feed a malformed action."""
+
+    _key = "smoke"
 
     tasks: list[str] = _f(["click-test", "click-button", "enter-text", "focus-text", "click-checkboxes", "login-user"],
                           "MiniWoB task names to smoke-test")
@@ -46,125 +84,185 @@ class SmokeParams:
 
 
 @dataclass
-class DiagnosticsParams:
+class DiagnosticsParams(_Section):
     """Notebook 04 and the live guard: thresholds of the training-health detectors (bgwork.diagnostics).
 
     Steps are logged steps (trainer global_step); "k consecutive" counts logged points, so with
     logging_steps > 1 the window spans k * logging_steps optimizer steps.
     """
 
-    runs: list[str] = _f(["outputs/runs/*"], "notebook 04: run dirs or globs to diagnose (relative to the project root; a glob skips dirs without TensorBoard files); [] = the notebook's own run dir, for `bgwork run 02 04`")
+    _key = "diagnostics"
+
+    runs: list[str] = _f(["outputs/runs/*"], "notebook 04: run dirs or globs to diagnose (relative to the project "
+                         "root; a glob skips dirs without TensorBoard files); [] = the notebook's own run dir, for "
+                         "`bgwork run 02 04`")
     write_back: bool = _f(True, "notebook 04: also record each run's verdict in that run's own metrics.json")
-    entropy_floor: float = _f(0.1, "collapse: mean token entropy (nats) below this is collapsed, whatever the start", min=0.0)
-    entropy_frac: float = _f(0.2, "collapse: entropy below this fraction of its early median is collapsed", min=0.0, max=1.0)
-    entropy_early_steps: int = _f(5, "collapse: the first N logged points give the early median (the fraction test starts after them)", min=1)
+    entropy_floor: float = _f(0.1, "collapse: mean token entropy (nats) below this is collapsed, whatever the start",
+                              min=0.0)
+    entropy_frac: float = _f(0.2, "collapse: entropy below this fraction of its early median is collapsed", min=0.0,
+                             max=1.0)
+    entropy_early_steps: int = _f(5, "collapse: the first N logged points give the early median (the fraction test "
+                                  "starts after them)", min=1)
     entropy_patience: int = _f(2, "collapse: consecutive logged points below threshold before it counts", min=1)
     zero_std_frac: float = _f(0.95, "deadlock: a step is dead when frac_reward_zero_std >= this ...", min=0.0, max=1.0)
     reward_std_eps: float = _f(1e-6, "deadlock: ... or when reward_std <= this", min=0.0)
     deadlock_patience: int = _f(8, "deadlock: consecutive dead logged points before it counts", min=1)
     solved_reward: float = _f(0.9, "deadlock: mean reward >= this over the dead window means 'all solved'")
-    failed_reward: float = _f(0.1, "deadlock: mean reward <= this means 'all failed' (between: 'mixed', each group uniform)")
+    failed_reward: float = _f(0.1, "deadlock: mean reward <= this means 'all failed' (between: 'mixed', each group "
+                              "uniform)")
     spike_factor: float = _f(5.0, "spike: grad_norm >= this x rolling median of the previous points", min=1.0)
     spike_window: int = _f(10, "spike: how many previous logged points the rolling median uses", min=1)
     spike_min_history: int = _f(3, "spike: previous points needed before spikes are judged", min=1)
-    spike_median_floor: float = _f(0.01, "spike: rolling median floored here so near-zero grads (no signal) don't make every blip a spike", min=0.0)
+    spike_median_floor: float = _f(0.01, "spike: rolling median floored here so near-zero grads (no signal) don't make "
+                                   "every blip a spike", min=0.0)
     spike_lead_steps: int = _f(3, "a spike up to this many steps before a collapse is reported as preceding it", min=1)
-    plateau_window: int = _f(15, "plateau: compare the mean reward of the last N logged points with the N before", min=2)
+    plateau_window: int = _f(15, "plateau: compare the mean reward of the last N logged points with the N before",
+                             min=2)
     plateau_min_gain: float = _f(0.02, "plateau: a gain below this between the two windows is a plateau", min=0.0)
 
 
 @dataclass
-class GuardParams:
+class GuardParams(_Section):
     """Training: the CollapseGuard callback runs the diagnostics detectors on the live log."""
 
-    mode: Literal["warn", "stop", "off"] = _f("stop", "warn: log and record findings; stop: also save a checkpoint and stop on a stop_on finding; off: do nothing")
-    stop_on: list[str] = _f(["collapsed", "deadlocked"], "finding kinds that stop training in mode 'stop' (collapsed, deadlocked, spike, plateau)")
+    _key = "guard"
+
+    mode: Literal["warn", "stop", "off"] = _f("stop", "warn: log and record findings; stop: also save a checkpoint and "
+                                              "stop on a stop_on finding; off: do nothing")
+    stop_on: list[str] = _f(["collapsed", "deadlocked"], "finding kinds that stop training in mode 'stop' (collapsed, "
+                            "deadlocked, spike, plateau)")
 
 
 @dataclass
-class CleanupParams:
+class CleanupParams(_Section):
     """Notebook 05: which checkpoints under outputs/ to keep, slim or delete (bgwork.checkpoints)."""
 
-    root: str | None = _f(None, "folder to clean: outputs/ or a folder inside it (relative to the project root); null: outputs/")
+    _key = "cleanup"
+
+    root: str | None = _f(None, "folder to clean: outputs/ or a folder inside it (relative to the project root); null: "
+                          "outputs/")
     apply: bool = _f(False, "false: only show the plan (dry run); true: delete exactly what the plan lists")
     keep_last: int = _f(2, "per run: keep the N checkpoints with the highest step", min=0)
     keep_best: int = _f(1, "per run: also keep the N checkpoints best by `metric`", min=0)
-    metric: str = _f("reward", "logged metric (trainer_state.json log_history) ranking checkpoints for keep_best")
+    metric: str = _f(metrics.REWARD, "logged metric (trainer_state.json log_history) ranking checkpoints for keep_best")
     metric_mode: Literal["max", "min"] = _f("max", "whether a higher or lower `metric` is better")
-    success_metric: str = _f("success_rate", "logged metric shown as the success rate (first key starting with it)")
+    success_metric: str = _f(metrics.SUCCESS_RATE, "logged metric shown as the success rate (first key starting with "
+                             "it)")
     pinned: list[str] = _f([], "run directory names (or paths relative to outputs/) never touched")
-    slim: bool = _f(True, "drop optimizer.pt / scheduler.pt / rng_state*.pth from kept checkpoints (not resumable after)")
+    slim: bool = _f(True, "drop optimizer.pt / scheduler.pt / rng_state*.pth from kept checkpoints (not resumable "
+                    "after)")
     slim_latest: bool = _f(False, "also slim each run's latest checkpoint (false keeps it resumable)")
     copy_checkpoint: str | None = _f(None, "a checkpoint dir to copy out (before cleanup), e.g. the best one")
     copy_to: str | None = _f(None, "destination of that copy (must not exist); optimizer state is left out")
 
 
 @dataclass
-class ExportParams:
+class ExportParams(_Section):
     """Notebook 06 and the optional end-of-training export: a checkpoint -> GGUF files (bgwork.gguf_export)."""
 
-    checkpoint: str | None = _f(None, "checkpoint dir (full or LoRA) or model spec to export; null: latest checkpoint under outputs/")
+    _key = "export"
+
+    checkpoint: str | None = _f(None, "checkpoint dir (full or LoRA) or model spec to export; null: latest checkpoint "
+                                "under outputs/")
     out_dir: str | None = _f(None, "where the .gguf files go; null: <run dir>/gguf")
-    quants: list[Literal["F16", "Q8_0", "Q5_K_M", "Q4_K_M"]] = _f(["F16", "Q8_0", "Q5_K_M", "Q4_K_M"], "GGUF types to write")
+    quants: list[Literal["F16", "Q8_0", "Q5_K_M", "Q4_K_M"]] = _f(["F16", "Q8_0", "Q5_K_M", "Q4_K_M"],
+                                                                  "GGUF types to write")
     verify: bool = _f(True, "load each file in llama.cpp, generate, and compare next-token logits with the HF model")
     prompts: list[str] = _f(["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction:",
                              "The capital of France is"], "fixed prompts for the logits comparison")
-    gen_tokens: int = _f(8, "greedy tokens generated per prompt in llama.cpp (and compared for F16/Q8_0)", min=1, max=256)
-    min_cosine: float = _f(0.99, "K-quants: least cosine similarity of next-token logits (mean-centred) with the HF model", min=0.0, max=1.0)
-    check_reference: bool = _f(True, "also quantize every tensor with llama.cpp's ggml_quantize_chunk and require identical bytes (~2x quantize time)")
+    gen_tokens: int = _f(8, "greedy tokens generated per prompt in llama.cpp (and compared for F16/Q8_0)", min=1,
+                         max=256)
+    min_cosine: float = _f(0.99, "K-quants: least cosine similarity of next-token logits (mean-centred) with the HF "
+                           "model", min=0.0, max=1.0)
+    check_reference: bool = _f(True, "also quantize every tensor with llama.cpp's ggml_quantize_chunk and require "
+                               "identical bytes (~2x quantize time)")
     after_training: bool = _f(False, "export the final model of a full run automatically when training ends")
 
 
 @dataclass
-class ModelParams:
-    """Which model is trained (bgwork.models): a hub id, a local dir, `bundled:smollm2-135m-instruct` or `tiny-random-lfm2`."""
+class ModelParams(_Section):
+    """Which model is trained (bgwork.models): a hub id, a local dir, `bundled:smollm2-135m-instruct` or
+    `tiny-random-lfm2`."""
+
+    _key = "model"
 
     name: str = _f("bundled:smollm2-135m-instruct", "model spec: hub id (local HF cache), local directory, "
                    "'bundled:smollm2-135m-instruct' (offline default) or 'tiny-random-lfm2' (tests)")
-    dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "training dtype; auto: bfloat16 on a CUDA GPU, float32 on CPU")
+    dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "training dtype; auto: bfloat16 on a CUDA GPU, float32 "
+                                                       "on CPU")
 
 
 @dataclass
-class RolloutParams:
+class RolloutParams(_Section):
     """How episodes are played: task curriculum, episode length, prompt budget, action parsing, seeds."""
+
+    _key = "rollout"
 
     tasks: list[str] = _f(["click-test"], "MiniWoB tasks episodes are drawn from (the curriculum)")
     task_weights: list[float] | None = _f(None, "sampling weight per task, same order as tasks (null = equal)")
     max_episode_steps: int = _f(2, "browser actions per episode at most", min=1, max=50)
     max_action_tokens: int = _f(16, "new tokens the model may generate per action (turn)", min=4, max=1024)
     obs_max_tokens: int = _f(256, "the accessibility tree is truncated to this many tokens in each turn", min=16)
-    repair_unquoted_bids: bool = _f(True, "rewrite click(13) as click('13') before sending (still counted as a format error)")
-    format_reward: float = _f(0.0, "shaping: added to the reward per well-formed action / steps taken (0 = off)", min=0.0, max=1.0)
+    repair_unquoted_bids: bool = _f(True, "rewrite click(13) as click('13') before sending (still counted as a format "
+                                    "error)")
+    format_reward: float = _f(0.0, "shaping: added to the reward per well-formed action / steps taken (0 = off)",
+                              min=0.0, max=1.0)
     step_penalty: float = _f(0.0, "shaping: subtracted per browser step taken (0 = off)", min=0.0, max=1.0)
     train_seeds: list[int] = _f([0, 1_000_000], "task seeds for training are drawn from [start, end)")
-    eval_seeds: list[int] = _f([1_000_000, 1_001_000], "held-out task seeds for evaluation, [start, end); never overlaps train_seeds")
-    env_retries: int = _f(3, "an episode hit by an infrastructure failure (server down, session lost) is re-run this often", min=0, max=20)
+    eval_seeds: list[int] = _f([1_000_000, 1_001_000], "held-out task seeds for evaluation, [start, end); never "
+                               "overlaps train_seeds")
+    env_retries: int = _f(3, "an episode hit by an infrastructure failure (server down, session lost) is re-run this "
+                          "often", min=0, max=20)
     env_workers: int = _f(4, "parallel env requests (threads); at most env.max_sessions are useful", min=1, max=64)
+
+    def _check(self) -> None:
+        if not self.tasks:
+            raise ConfigError("rollout.tasks is empty: name at least one MiniWoB task, e.g. [click-test]")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"rollout.tasks = {self.tasks}: a task is listed twice (use task_weights)")
+        w = self.task_weights
+        if w is not None and (len(w) != len(self.tasks) or any(x <= 0 for x in w)):
+            raise ConfigError(f"rollout.task_weights = {w} is not allowed: expected one weight > 0 per task of "
+                              f"rollout.tasks = {self.tasks}")
+        for key in ("train_seeds", "eval_seeds"):
+            r = getattr(self, key)
+            if len(r) != 2 or r[0] < 0 or r[1] <= r[0]:
+                raise ConfigError(f"rollout.{key} = {r!r} is not allowed: expected [start, end) with 0 <= start < end")
+        (a, b), (c, d) = self.train_seeds, self.eval_seeds
+        if a < d and c < b:
+            raise ConfigError(f"rollout.train_seeds {[a, b]} and rollout.eval_seeds {[c, d]} overlap: "
+                              f"held-out evaluation needs seeds never seen in training")
 
 
 @dataclass
-class TrainParams:
+class TrainParams(_Section):
     """GRPO (TRL GRPOTrainer) settings; names follow TRL's GRPOConfig.
 
     The defaults are a quick CPU debug run (notebook 02 in ~2.5 min on 2 cores with the bundled model and LoRA);
     params/full.yaml and params/lfm2_350m_*.yaml hold the long runs (the original's LR 1e-6, 100 steps).
     """
 
+    _key = "train"
+
     max_steps: int = _f(3, "optimizer steps", min=1)
     learning_rate: float = _f(1e-4, "peak learning rate (LoRA default; a full fine-tune wants ~1e-6)", min=0.0)
-    lr_scheduler_type: Literal["linear", "constant", "constant_with_warmup", "cosine"] = _f("constant_with_warmup", "LR schedule after warmup")
+    lr_scheduler_type: Literal["linear", "constant", "constant_with_warmup", "cosine"] = _f("constant_with_warmup",
+                                                                                            "LR schedule after warmup")
     warmup_steps: int = _f(0, "linear LR warmup steps", min=0)
     num_generations: int = _f(4, "episodes per (task, seed) group; GRPO's advantage compares them", min=2)
     per_device_train_batch_size: int = _f(4, "episodes per forward/backward micro-batch", min=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
-    generation_batch_size: int | None = _f(None, "episodes played together per generation round; null = batch size x accumulation; a multiple of num_generations", min=1)
+    generation_batch_size: int | None = _f(None, "episodes played together per generation round; null = batch size x "
+                                           "accumulation; a multiple of num_generations", min=1)
     beta: float = _f(0.0, "KL coefficient against the reference model (0 = no reference model)", min=0.0)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = _f("dapo", "TRL loss normalisation")
-    scale_rewards: Literal["group", "batch", "none"] = _f("group", "advantage scaling by the reward std of the group / batch / not at all")
+    scale_rewards: Literal["group", "batch", "none"] = _f("group", "advantage scaling by the reward std of the group / "
+                                                          "batch / not at all")
     epsilon: float = _f(0.2, "PPO clip range", min=0.0)
     num_iterations: int = _f(1, "optimisation passes per generation round", min=1)
     temperature: float = _f(1.0, "sampling temperature (also used when recomputing log-probs)", min=0.01)
-    max_completion_length: int = _f(256, "tokens of one episode's completion (actions + later observations) at most; the episode stops there", min=8)
+    max_completion_length: int = _f(256, "tokens of one episode's completion (actions + later observations) at most; "
+                                    "the episode stops there", min=8)
     max_grad_norm: float = _f(1.0, "gradient clipping", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     gradient_checkpointing: bool = _f(False, "trade compute for memory (useful on GPU with long episodes)")
@@ -175,55 +273,156 @@ class TrainParams:
     use_vllm: bool = _f(False, "generate with TRL's vLLM integration (optional extra, GPU only)")
     vllm_mode: Literal["colocate", "server"] = _f("colocate", "TRL vllm_mode")
 
+    def _check(self) -> None:
+        gbs = generation_batch_size(self)
+        if gbs % self.num_generations:
+            raise ConfigError(f"train.generation_batch_size = {gbs} must be a multiple of "
+                              f"train.num_generations = {self.num_generations}")
+
+
+def generation_batch_size(train: TrainParams) -> int:
+    """Episodes per generation round: the field, or (null) batch size x accumulation, as TRL resolves it."""
+    return train.generation_batch_size or train.per_device_train_batch_size * train.gradient_accumulation_steps
+
 
 @dataclass
-class LoraParams:
+class LoraParams(_Section):
     """LoRA adapters (peft) instead of a full fine-tune."""
+
+    _key = "lora"
 
     enabled: bool = _f(True, "train LoRA adapters only (false: full fine-tune)")
     r: int = _f(8, "adapter rank", min=1)
     alpha: int = _f(16, "lora_alpha", min=1)
     dropout: float = _f(0.0, "lora_dropout", min=0.0, max=1.0)
     target_modules: list[str] = _f(["all-linear"],
-                                   "module names that get adapters, each must exist in the model; ['all-linear'] = every "
-                                   "linear layer but lm_head. LFM2: q_proj k_proj v_proj out_proj w1 w2 w3 in_proj; "
-                                   "SmolLM2/Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj")
+                                   "module names that get adapters, each must exist in the model; ['all-linear'] = "
+                                   "every linear layer but lm_head. LFM2: q_proj k_proj v_proj out_proj w1 w2 w3 "
+                                   "in_proj; SmolLM2/Llama: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj")
 
 
 @dataclass
-class WarmstartParams:
+class WarmstartParams(_Section):
     """Optional supervised warm start on scripted demonstrations (bgwork.solvers) before GRPO."""
 
-    episodes_per_task: int = _f(0, "scripted demonstrations per task of rollout.tasks (train seeds); 0 = no warm start", min=0)
+    _key = "warmstart"
+
+    episodes_per_task: int = _f(0, "scripted demonstrations per task of rollout.tasks (train seeds); 0 = no warm start",
+                                min=0)
     epochs: int = _f(2, "passes over the demonstrations", min=1)
     learning_rate: float = _f(1e-4, "AdamW learning rate of the warm start", min=0.0)
     batch_size: int = _f(4, "demonstrations per step", min=1)
 
 
 @dataclass
-class EvalParams:
+class EvalParams(_Section):
     """Held-out evaluation on rollout.eval_seeds, before and after training (notebooks 02 and 03)."""
+
+    _key = "evaluation"
 
     episodes_per_task: int = _f(0, "held-out episodes per task of rollout.tasks; 0 = no evaluation", min=0)
     greedy: bool = _f(True, "greedy decoding (else sampling at train.temperature)")
-    after_warmstart: bool = _f(True, "notebook 03: also evaluate between the warm start and GRPO, so the report shows what GRPO itself added")
+    after_warmstart: bool = _f(True, "notebook 03: also evaluate between the warm start and GRPO, so the report shows "
+                               "what GRPO itself added")
 
 
 @dataclass
-class Params:
+class Params(_Section):
     """Root of a run's parameters."""
 
     name: str = _f("debug", "run name, part of the run directory name")
     seed: int = _f(0, "global seed (training, sampling, task seeds derive from it)", min=0)
     env: EnvParams = field(default_factory=EnvParams, metadata={"help": "env server"})
     smoke: SmokeParams = field(default_factory=SmokeParams, metadata={"help": "notebook 01"})
-    diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams, metadata={"help": "notebook 04 / guard thresholds"})
+    diagnostics: DiagnosticsParams = field(default_factory=DiagnosticsParams,
+                                           metadata={"help": "notebook 04 / guard thresholds"})
     guard: GuardParams = field(default_factory=GuardParams, metadata={"help": "live collapse guard during training"})
     cleanup: CleanupParams = field(default_factory=CleanupParams, metadata={"help": "notebook 05: checkpoint cleanup"})
-    export: ExportParams = field(default_factory=ExportParams, metadata={"help": "notebook 06 / after-training GGUF export"})
+    export: ExportParams = field(default_factory=ExportParams,
+                                 metadata={"help": "notebook 06 / after-training GGUF export"})
     model: ModelParams = field(default_factory=ModelParams, metadata={"help": "model to train"})
-    rollout: RolloutParams = field(default_factory=RolloutParams, metadata={"help": "episodes: tasks, length, prompt, parsing"})
+    rollout: RolloutParams = field(default_factory=RolloutParams,
+                                   metadata={"help": "episodes: tasks, length, prompt, parsing"})
     train: TrainParams = field(default_factory=TrainParams, metadata={"help": "GRPO trainer"})
     lora: LoraParams = field(default_factory=LoraParams, metadata={"help": "LoRA adapters"})
     evaluation: EvalParams = field(default_factory=EvalParams, metadata={"help": "held-out evaluation"})
-    warmstart: WarmstartParams = field(default_factory=WarmstartParams, metadata={"help": "SFT on scripted demos before GRPO"})
+    warmstart: WarmstartParams = field(default_factory=WarmstartParams,
+                                       metadata={"help": "SFT on scripted demos before GRPO"})
+
+    def _check(self) -> None:
+        t, r = self.train, self.rollout
+        if t.max_completion_length < r.max_action_tokens:
+            raise ConfigError(f"train.max_completion_length = {t.max_completion_length} leaves no room for one "
+                              f"action of rollout.max_action_tokens = {r.max_action_tokens}")
+        n, (lo, hi) = self.evaluation.episodes_per_task, r.eval_seeds
+        if n > hi - lo:
+            raise ConfigError(f"evaluation.episodes_per_task = {n} exceeds the {hi - lo} seeds of "
+                              f"rollout.eval_seeds = {[lo, hi]}")
+
+
+# --- checking one value against its field's type and bounds -------------------------------------------------------
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def check_value(value, tp, meta, key: str):
+    """`value` converted to the type `tp` within the field's bounds, or ConfigError saying what is allowed."""
+    def fail(allowed):
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else fail(f"the section type {tp.__name__}")
+    if is_union(tp):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return check_value(value, inner, meta, key)
+        except ConfigError:
+            fail(f"{_describe(inner, meta)} or null")
+    if typing.get_origin(tp) is Literal:
+        return value if value in args else fail("one of " + ", ".join(map(repr, args)))
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            fail(f"a list, e.g. [a, b], whose items are each {_describe(args[0], {})}")
+        return [check_value(v, args[0], {}, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        return value if isinstance(value, bool) else fail("true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(_describe(tp, meta))
+    elif tp is float:
+        # YAML 1.1 reads `1e-6` (no dot) as a string: accept any text float() reads as a finite number.
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number):
+            fail(_describe(tp, meta))
+        value = number
+    elif tp is str:
+        return value if isinstance(value, str) else fail("a string (quote it in YAML)")
+    elif tp is dict:
+        return value if isinstance(value, dict) else fail("a mapping")
+    if ("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"]):
+        fail(_describe(tp, meta))
+    return value
+
+
+def _describe(tp, meta) -> str:
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{name} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{name} >= {lo}"
+    if hi is not None:
+        return f"{name} <= {hi}"
+    return name
+
+
+def is_union(tp) -> bool:
+    return isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union

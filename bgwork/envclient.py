@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from bgwork.config import EnvParams
+
 
 class EnvError(RuntimeError):
     """The server answered an error (status, code, message from its JSON body)."""
@@ -25,7 +27,8 @@ class ServerUnavailable(EnvError):
 
 
 class EnvClient:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0):
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = EnvParams.request_timeout):
+        """`timeout`: seconds per call, by default the config's env.request_timeout."""
         token = token or os.environ.get("BGWORK_ENV_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")

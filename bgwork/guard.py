@@ -1,7 +1,7 @@
 """CollapseGuard: the diagnostics detectors on the live training log, as a transformers TrainerCallback.
 
 Each `on_log` appends the logged metrics (TRL names: reward, reward_std, frac_reward_zero_std, entropy,
-grad_norm, ...) to a history and runs `bgwork.diagnostics.diagnose` on it. A finding seen for the first
+grad_norm, ...) to a history and runs `bgwork.diagnostics.detectors.diagnose` on it. A finding seen for the first
 time is logged as a warning and recorded in the run's metrics.json under `guard/...`; in mode "stop" a
 finding whose kind is in `GuardParams.stop_on` also saves a checkpoint and stops training cleanly, so a
 collapsed or deadlocked run does not burn the rest of its steps (the original project lost 52).
@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 from transformers import TrainerCallback
 
+from bgwork import metrics as m
 from bgwork.config import DiagnosticsParams, GuardParams
-from bgwork.diagnostics import diagnose
+from bgwork.diagnostics.detectors import diagnose
 from bgwork.runs import read_metrics, record_metrics
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,9 @@ log = logging.getLogger(__name__)
 class CollapseGuard(TrainerCallback):
     def __init__(self, diagnostics: DiagnosticsParams | None = None, guard: GuardParams | None = None,
                  run_dir: str | Path | None = None):
+        """Thresholds and mode default to the config's (bgwork.config); run_dir None: the trainer's output_dir."""
         self.diagnostics = diagnostics or DiagnosticsParams()
         self.params = guard or GuardParams()
-        if self.params.mode not in ("warn", "stop", "off"):
-            raise ValueError(f"guard.mode: {self.params.mode!r} is not one of warn, stop, off")
         self.run_dir = Path(run_dir) if run_dir else None  # None: the trainer's output_dir
         self.history: list[dict] = []
         self.warnings: list[str] = []  # the lines a report shows
@@ -48,10 +48,10 @@ class CollapseGuard(TrainerCallback):
         for logs in state.log_history:  # resumed from a checkpoint: the detectors see the steps before it too
             self._append(logs.get("step", 0), logs)
         if self._main:
-            earlier = {k: v for k, v in read_metrics(self.run_dir).items() if k.startswith("guard/")}
-            self._record({"guard/mode": self.params.mode, "guard/stopped": False, "guard/reason": None,
-                          "guard/stopped_at_step": None, "guard/warnings": [], "guard/finding": None,
-                          **({"guard/before_resume": earlier} if earlier.get("guard/stopped") else {})})
+            earlier = {k: v for k, v in read_metrics(self.run_dir).items() if k.startswith(m.GUARD_PREFIX)}
+            self._record({m.GUARD_MODE: self.params.mode, m.GUARD_STOPPED: False, m.GUARD_REASON: None,
+                          m.GUARD_STOPPED_AT_STEP: None, m.GUARD_WARNINGS: [], m.GUARD_FINDING: None,
+                          **({m.GUARD_BEFORE_RESUME: earlier} if earlier.get(m.GUARD_STOPPED) else {})})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.params.mode == "off" or not logs:
@@ -85,7 +85,7 @@ class CollapseGuard(TrainerCallback):
         if not self._main:
             return
         log.warning("CollapseGuard: %s", line)
-        self._record({"guard/warnings": self.warnings})
+        self._record({m.GUARD_WARNINGS: self.warnings})
 
     def _stop(self, finding, state, control) -> None:
         self.stop_reason = f"{finding.kind} at step {finding.step}: {finding.detail}"
@@ -95,8 +95,8 @@ class CollapseGuard(TrainerCallback):
             return
         log.warning("CollapseGuard: stopping training at step %d and saving a checkpoint (%s)",
                     state.global_step, self.stop_reason)
-        self._record({"guard/stopped": True, "guard/stopped_at_step": state.global_step,
-                      "guard/reason": self.stop_reason, "guard/finding": asdict(finding)})
+        self._record({m.GUARD_STOPPED: True, m.GUARD_STOPPED_AT_STEP: state.global_step,
+                      m.GUARD_REASON: self.stop_reason, m.GUARD_FINDING: asdict(finding)})
 
     def _record(self, metrics: dict) -> None:
         if self.run_dir is not None:

@@ -49,7 +49,8 @@ def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
 def user_message(observation: dict, tokenizer, obs_max_tokens: int, previous_action: str | None = None,
                  previous_error: str | None = None) -> str:
     """The user turn: goal, page (accessibility tree within a token budget), and the previous action's outcome."""
-    page = truncate_to_tokens(tokenizer, _ROOT_URL.sub("", observation.get("axtree_txt") or "", count=1), obs_max_tokens)
+    tree = _ROOT_URL.sub("", observation.get("axtree_txt") or "", count=1)
+    page = truncate_to_tokens(tokenizer, tree, obs_max_tokens)
     text = f"Goal: {observation.get('goal', '')}\n\nPage observation:\n{page}"
     if previous_action is not None:
         text += f"\n\nPrevious action: {previous_action}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from bgwork import metrics as m
 from bgwork.config import RolloutParams
 
 
@@ -21,7 +22,7 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
                                            kwargs.get("attempts", [])).items():
             log_metric(name, value)
         for name, seconds in (kwargs.get("rollout_timings") or [{}])[0].items():
-            log_metric(f"rollout/{name}", seconds)
+            log_metric(m.rollout_timing(name), seconds)
     return [None if r is None else float(r) for r in env_reward]
 
 
@@ -30,17 +31,17 @@ def episode_metrics(tasks, success, format_errors, steps, attempts) -> dict[str,
     out: dict[str, float] = {}
     scored = [(t, s) for t, s in zip(tasks, success) if s is not None]
     if scored:
-        out["success_rate"] = sum(s for _, s in scored) / len(scored)
+        out[m.SUCCESS_RATE] = sum(s for _, s in scored) / len(scored)
         per_task = defaultdict(list)
         for t, s in scored:
             per_task[t].append(s)
         for t, vals in sorted(per_task.items()):
-            out[f"success_rate/{t}"] = sum(vals) / len(vals)
+            out[m.per_task(m.SUCCESS_RATE, t)] = sum(vals) / len(vals)
     if sum(steps):
-        out["format_error_rate"] = sum(format_errors) / sum(steps)
-        out["episode_steps"] = sum(steps) / len(steps)
+        out[m.FORMAT_ERROR_RATE] = sum(format_errors) / sum(steps)
+        out[m.EPISODE_STEPS] = sum(steps) / len(steps)
     if attempts:
-        out["env_retries"] = sum(a - 1 for a in attempts) / len(attempts)
+        out[m.ENV_RETRIES] = sum(a - 1 for a in attempts) / len(attempts)
     return out
 
 

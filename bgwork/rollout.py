@@ -27,6 +27,7 @@ import torch
 from bgwork.actions import parse_model_output
 from bgwork.config import RolloutParams
 from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
+from bgwork.metrics import FORMAT_ERROR_RATE, SUCCESS_RATE
 from bgwork.prompting import Turns, user_message
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,11 @@ class SessionPool:
             self.discard(self.free.pop())
 
 
-class EpisodeRunner:
+class EpisodePlayer:
     """Plays batches of (task, seed) episodes with a model; owns the browser sessions it uses."""
 
-    def __init__(self, client: EnvClient, tokenizer, params: RolloutParams, *, temperature: float = 1.0,
-                 max_completion_length: int = 1024, max_parallel: int = 4, greedy: bool = False):
+    def __init__(self, client: EnvClient, tokenizer, params: RolloutParams, *, temperature: float,
+                 max_completion_length: int, max_parallel: int, greedy: bool = False):
         self.client, self.tokenizer, self.params = client, tokenizer, params
         self.temperature, self.greedy = temperature, greedy
         self.max_completion_length = max_completion_length
@@ -306,12 +307,12 @@ def success_table(episodes: list[Episode]):
     df = pd.DataFrame(rows, columns=["task", "success", "steps", "format_errors"])
     g = df.groupby("task")
     table = pd.DataFrame({"episodes": g.size(), "successes": g["success"].sum(),
-                          "success_rate": g["success"].mean(), "mean_steps": g["steps"].mean(),
-                          "format_error_rate": g["format_errors"].sum() / g["steps"].sum().clip(lower=1)})
+                          SUCCESS_RATE: g["success"].mean(), "mean_steps": g["steps"].mean(),
+                          FORMAT_ERROR_RATE: g["format_errors"].sum() / g["steps"].sum().clip(lower=1)})
     total = pd.DataFrame({"episodes": [len(df)], "successes": [df["success"].sum()],
-                          "success_rate": [df["success"].mean() if len(df) else float("nan")],
+                          SUCCESS_RATE: [df["success"].mean() if len(df) else float("nan")],
                           "mean_steps": [df["steps"].mean()],
-                          "format_error_rate": [df["format_errors"].sum() / max(df["steps"].sum(), 1)]}, index=["all"])
+                          FORMAT_ERROR_RATE: [df["format_errors"].sum() / max(df["steps"].sum(), 1)]}, index=["all"])
     return pd.concat([table, total])
 
 

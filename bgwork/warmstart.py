@@ -4,18 +4,21 @@ A small model rarely hits a valid action by chance, and GRPO learns nothing from
 Demonstrations are recorded in exactly the episode format GRPO trains on (same prompt, same multi-turn
 token layout, same env mask), and the model is fine-tuned on their action tokens only.
 
+    info = warm_start(params, resolved, client, out_dir)              # what training runs (bgwork.trainer)
     demos = collect_demos(client, tokenizer, params.rollout, specs)   # successful scripted episodes
-    losses = sft(model, demos, lr=1e-4, epochs=2)
+    losses = sft(model, demos, lr=..., epochs=..., batch_size=..., seed=..., pad_token_id=...)
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import torch
 
-from bgwork.config import RolloutParams
+from bgwork.config import Params, RolloutParams
+from bgwork.curriculum import episode_specs, task_weights
 from bgwork.envclient import EnvClient
 from bgwork.prompting import Turns, user_message
 from bgwork.rollout import Episode
@@ -27,7 +30,8 @@ log = logging.getLogger(__name__)
 def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: list[tuple[str, int]]) -> list[Episode]:
     """Scripted episodes for (task, seed) pairs; only those that succeed within max_episode_steps are kept."""
     turns = Turns(tokenizer)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else tokenizer.eos_token_id
+    vocab = tokenizer.get_vocab()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in vocab else tokenizer.eos_token_id
     demos, sid = [], None
     for task, seed in specs:
         out = client.reset(task, seed=seed, session_id=sid)
@@ -61,8 +65,40 @@ def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: l
     return demos
 
 
-def sft(model, demos: list[Episode], *, lr: float = 1e-4, epochs: int = 2, batch_size: int = 8,
-        seed: int = 0, pad_token_id: int = 0) -> list[float]:
+def warm_start(params: Params, resolved, client: EnvClient, out_dir: Path, adapter=None) -> dict:
+    """SFT on scripted demonstrations (train seeds), in place; saved to out_dir. With a LoRA `adapter` (a peft
+    LoraConfig) the warm-start adapter is merged into the weights, and GRPO then trains a fresh one on top."""
+    from bgwork.runs import write_json
+
+    w = params.warmstart
+    specs = [(task, seed) for task in task_weights(params.rollout)
+             for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train",
+                                          available=client.seeds())]
+    demos = collect_demos(client, resolved.tokenizer, params.rollout, specs)
+    if not demos:
+        raise RuntimeError("warm start: no scripted demonstration succeeded; is the env server healthy?")
+    model = resolved.model
+    if adapter is not None:
+        from peft import get_peft_model
+        model = get_peft_model(model, adapter)
+    losses = sft(model, demos, lr=w.learning_rate, epochs=w.epochs, batch_size=w.batch_size, seed=params.seed,
+                 pad_token_id=resolved.tokenizer.pad_token_id)
+    if adapter is not None:
+        resolved.model = model.merge_and_unload()
+    # GRPO's LoRA adapters name their base after this: it must be the warm-started weights, not the original.
+    resolved.model.config._name_or_path = resolved.model.name_or_path = str(out_dir)
+    resolved.model.save_pretrained(out_dir)
+    resolved.tokenizer.save_pretrained(out_dir)
+    info = {"demos": len(demos), "episodes_tried": len(specs), "first_loss": losses[0], "last_loss": losses[-1],
+            "steps": len(losses)}
+    write_json(Path(out_dir) / "warmstart.json", info)
+    log.warning("warm start: %d demonstrations, SFT loss %.3f -> %.3f in %d steps", len(demos), losses[0], losses[-1],
+                len(losses))
+    return info
+
+
+def sft(model, demos: list[Episode], *, lr: float, epochs: int, batch_size: int, seed: int,
+        pad_token_id: int) -> list[float]:
     """Fine-tune on the action tokens of the demonstrations (env tokens masked). Returns the loss per batch."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]

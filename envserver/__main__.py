@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pre-observation-delay", type=float, default=PRE_OBSERVATION_DELAY,
                    help="seconds to wait after an action before observing (BrowserGym default 0.5)")
     p.add_argument("--slow-mo", type=int, default=0, help="Playwright slow_mo in ms (MiniWoB tasks ask 100)")
-    p.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT, help="seconds before a browser call counts as lost")
+    p.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT,
+                   help="seconds before a browser call counts as lost")
     p.add_argument("--action-timeout-ms", type=int, default=ACTION_TIMEOUT_MS,
                    help="Playwright timeout of each click/fill/press in the page (BrowserGym 500)")
     p.add_argument("--log-level", default="info")

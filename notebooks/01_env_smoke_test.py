@@ -24,7 +24,7 @@
 # Headless, `bgwork run 01 -f params/smoke.yaml` injects that file's values after this cell (`bash scripts/main.sh`
 # runs these defaults). Interactively (JupyterLab) the values below run; to use a file, replace the next cell's
 # `load_params(...)` line with `params = load_params("../params/smoke.yaml")`.
-name = "smoke"
+name = None
 env = {}
 smoke = {}
 run_dir = None

@@ -18,14 +18,15 @@
 # accessibility tree, writes one action per turn, and the env server's reward reaches GRPO through a
 # reward function. The curves below come from the run's TensorBoard files; the checkpoint and the final
 # model are written under the run directory. It uses the env server at `env.url`, or starts an embedded one.
-# With the defaults (`params/debug.yaml`: bundled SmolLM2-135M, LoRA) it takes about 3 minutes on a 2-core CPU.
+# With the defaults (`bgwork params` prints them: bundled SmolLM2-135M, LoRA, 3 steps) it takes about 3 minutes
+# on a 2-core CPU.
 
 # %% tags=["parameters"]
-# Headless, `bash scripts/main.sh` (`bgwork run 01 02`) runs these defaults, which params/debug.yaml spells out;
+# Headless, `bash scripts/main.sh` (`bgwork run 01 02`) runs these defaults (`bgwork params` prints them);
 # `bgwork run 02 -f params/X.yaml` injects that file's values after this cell. Interactively (JupyterLab) the
 # values below run; to use a file, replace the next cell's `load_params(...)` with
-# `params = load_params("../params/debug.yaml")`.
-name = "debug"
+# `params = load_params("../params/lora.yaml")`.
+name = None
 env = {}
 model = {}
 rollout = {}
@@ -38,21 +39,16 @@ diagnostics = {}
 run_dir = None
 
 # %%
-import matplotlib.pyplot as plt
-
-from bgwork import training
+from bgwork import curves, trainer
 from bgwork.embedded import env_server
 from bgwork.params import load_params
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
                      evaluation=evaluation, guard=guard, diagnostics=diagnostics)
-training.check_params(params)
 run_dir = use_run_dir(run_dir, "02_debug_run", params)
 print("run dir:", run_dir)
-print(f"model {params.model.name} ({'LoRA r=%d' % params.lora.r if params.lora.enabled else 'full fine-tune'}), "
-      f"tasks {params.rollout.tasks}, {params.train.max_steps} steps x "
-      f"{training.generation_batch_size(params.train)} episodes")
+print(trainer.describe(params))
 
 # %% [markdown]
 # ## Train
@@ -60,7 +56,7 @@ print(f"model {params.model.name} ({'LoRA r=%d' % params.lora.r if params.lora.e
 
 # %%
 with env_server(params.env, log_dir=run_dir) as url:
-    result = training.train(params, run_dir, url)
+    result = trainer.train(params, run_dir, url)
 print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %% [markdown]
@@ -70,17 +66,17 @@ print("checkpoints and TensorBoard files in", result.output_dir)
 # episodes, `format_error_rate` the share of actions that were not a well-formed call.
 
 # %%
-frame = training.curves(result.output_dir)
-training.plot_curves(frame, title=f"{params.name}: {params.model.name}")
-plt.show()
-frame[[c for c in training.CURVES + ["grad_norm", "step_time"] if c in frame]].round(4)
+frame = curves.curves(result.output_dir)
+fig = curves.plot_curves(frame, title=f"{params.name}: {params.model.name}")
+
+# %%
+curves.curve_table(frame)
 
 # %% [markdown]
 # ## Figures
 
 # %%
-figures = training.summary(result, frame)
-record_metrics(run_dir, {f"train/{k}": v for k, v in figures.items()})
-if result.global_step < params.train.max_steps and not result.stopped_by_guard:
-    raise AssertionError(f"training stopped at step {result.global_step} of {params.train.max_steps}")
+figures = curves.summary(result, frame)
+record_metrics(run_dir, figures)
+trainer.check_completed(result, params.train)  # ended early without the guard stopping it: the run fails
 figures

@@ -28,7 +28,7 @@
 # with a `diagnostics:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `diagnostics =
 # {"runs": ["outputs/runs/RUN_DIR"]}` (paths from the project root), or replace the next cell's `load_params(...)`
 # with `params = load_params("../params/X.yaml")`.
-name = "diagnostics"
+name = None
 diagnostics = {}  # bgwork.config.DiagnosticsParams: runs (dirs or globs), write_back, detector thresholds
 run_dir = None
 

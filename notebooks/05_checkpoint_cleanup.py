@@ -28,7 +28,7 @@
 # Headless, `bgwork run 05` uses no params file: these defaults plus `-p cleanup.KEY=VALUE` overrides (or a file with
 # a `cleanup:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `cleanup = {"apply": True}`, or
 # replace the next cell's `load_params(...)` with `params = load_params("../params/X.yaml")`.
-name = "cleanup"
+name = None
 cleanup = {}  # bgwork.config.CleanupParams: apply, keep_last, keep_best, metric, pinned, slim, copy_checkpoint, ...
 run_dir = None
 

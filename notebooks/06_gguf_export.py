@@ -25,28 +25,20 @@
 # Headless, `bgwork run 06` uses no params file: these defaults plus `-p export.KEY=VALUE` overrides (or a file with
 # an `export:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `export = {"checkpoint": "..."}`,
 # or replace the next cell's `load_params(...)` with `params = load_params("../params/X.yaml")`.
-name = "export"
-export = {}  # bgwork.config.ExportParams: checkpoint, out_dir, quants, verify, prompts, gen_tokens, min_cosine
+name = None
+export = {}
 run_dir = None
 
 # %%
-from pathlib import Path
-
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bgwork import gguf_export as gx
-from bgwork.checkpoints import latest_checkpoint
 from bgwork.params import load_params
-from bgwork.runs import record_metrics, use_run_dir
+from bgwork.runs import use_run_dir
 
 params = load_params(name=name, export=export)
-p = params.export
 run_dir = use_run_dir(run_dir, "06_gguf_export", params)
-checkpoint = p.checkpoint or latest_checkpoint()
-if checkpoint is None:
-    raise ValueError("export.checkpoint is not set and outputs/ holds no checkpoint: pass -p export.checkpoint=DIR")
-out_dir = Path(p.out_dir or Path(run_dir) / "gguf")
+checkpoint, out_dir = gx.export_target(params.export, run_dir)
 pd.set_option("display.max_colwidth", None)
 print(f"run dir: {run_dir}\ncheckpoint: {checkpoint}\nfiles go to: {out_dir}")
 
@@ -57,42 +49,22 @@ print(f"run dir: {run_dir}\ncheckpoint: {checkpoint}\nfiles go to: {out_dir}")
 # from llama.cpp as log-softmax over the whole vocabulary; centring removes the constant that separates them.
 
 # %%
-rows = gx.export_checkpoint(checkpoint, out_dir, p.quants, verify=p.verify, prompts=p.prompts,
-                            gen_tokens=p.gen_tokens, min_cosine=p.min_cosine, check_reference=p.check_reference,
-                            strict=False)
-cols = ["quant", "MB", "export_s", "load_s", "min_cosine", "top_token_same", "greedy_same", "bit_identical_to_ggml",
-        "ok", "sample"]
-table = pd.DataFrame(rows).reindex(columns=cols)
-table
+rows = gx.export_checkpoint(checkpoint, out_dir, params.export, strict=False)
+gx.result_table(rows)
 
 # %%
-fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
-table.plot.bar(x="quant", y="MB", ax=a, legend=False, title="file size (MB)")
-if p.verify:
-    table.plot.bar(x="quant", y="min_cosine", ax=b, legend=False, title="least logits cosine vs HF")
-    b.axhline(p.min_cosine, color="red", linestyle="--")
-    b.set_ylim(min(0.95, table["min_cosine"].min() - 0.005), 1.0)
-plt.tight_layout()
+fig = gx.plot_results(rows, params.export)
 
 # %% [markdown]
 # ## Per-tensor types, read back from the files
 # `tensor_types` transcribes llama.cpp's `llama_tensor_get_type` (vendored `src/llama-quant.cpp`) for these
 # ftypes: tied token embeddings/output get Q6_K (Q8_0 when a row is not a multiple of 256), `attn_v` and
 # `ffn_down` get Q6_K on the layers `use_more_bits` picks, rows that are not a multiple of 256 fall back
-# (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), norms and short-conv kernels stay F32. The table is read from the
-# written files, and each must equal the rule's choice.
+# (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), norms and short-conv kernels stay F32. The export reads every
+# written file back and stops if a tensor's type differs from the rule's choice; the table shows the files.
 
 # %%
-types = pd.DataFrame({r["quant"]: gx.gguf_tensor_types(r["path"]) for r in rows})
-f16_path = next((r["path"] for r in rows if r["quant"] == "F16"), None)
-if f16_path:
-    f16 = gx.read_gguf(f16_path)
-    arch = f16.kv["general.architecture"]
-    for q in [q for q in types.columns if q != "F16"]:
-        want = gx.tensor_types([(t.name, t.ne, t.type) for t in f16.tensors], q, int(f16.kv[f"{arch}.block_count"]), arch)
-        assert types[q].to_dict() == want, f"{q}: tensor types in the file differ from llama.cpp's rules"
-    types.insert(0, "shape", [next(t.ne for t in f16.tensors if t.name == n) for n in types.index])
-types
+gx.tensor_type_table(rows)
 
 # %% [markdown]
 # ## How the mix was checked against llama.cpp
@@ -109,12 +81,5 @@ size_check = gx.lfm2_350m_size_check()
 size_check
 
 # %%
-record_metrics(run_dir, {
-    "export/checkpoint": str(checkpoint),
-    "export/files": {r["quant"]: {k: r.get(k) for k in cols if k != "quant"} | {"path": r["path"]} for r in rows},
-    "export/all_ok": all(r.get("ok", True) for r in rows),
-    "export/lfm2_350m_size_check_max_abs_diff_mib": float(size_check["difference MiB"].abs().max()),
-})
-failed = [r["quant"] for r in rows if not r.get("ok", True)]
-if failed:
-    raise AssertionError(f"llama.cpp disagrees with the HF model for {failed}; see the table above")
+gx.record_export(run_dir, rows, checkpoint, size_check)
+gx.check_export(rows)  # a file llama.cpp disagrees with fails the run

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/bgwork run 01 02 "$@"   # defaults embedded in the notebooks; params/debug.yaml spells them out
+exec .venv/bin/bgwork run 01 02 "$@"   # the defaults of bgwork/config.py; `bgwork params` prints them

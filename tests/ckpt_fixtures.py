@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bgwork import metrics as m
+
 SMOLLM2_VOCAB = 49152
 
 
@@ -58,8 +60,8 @@ def make_run(run_dir: Path, steps: list[int], rewards: list[float] | None = None
     rewards = rewards or [0.1 * (i + 1) for i in range(len(steps))]
     history = []
     for step, reward in zip(steps, rewards):
-        history.append({"step": step, "epoch": 0.0, "loss": 0.01, "reward": reward, "reward_std": 0.2,
-                        "success_rate": reward / 2})
+        history.append({"step": step, "epoch": 0.0, m.LOSS: 0.01, m.REWARD: reward, m.REWARD_STD: 0.2,
+                        m.SUCCESS_RATE: reward / 2})
         ckpt = run_dir / f"checkpoint-{step}"
         shutil.copytree(_template(kind), ckpt)
         TrainerState(global_step=step, max_steps=max(steps), log_history=list(history)).save_to_json(
@@ -100,9 +102,7 @@ def export_fixtures(root: Path) -> dict[str, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bgwork.models import BUNDLED_SMOLLM2, model_path
-
-    from bgwork.models import load_tokenizer
+    from bgwork.models import BUNDLED_SMOLLM2, load_tokenizer, model_path
 
     tok_dir = Path(model_path(BUNDLED_SMOLLM2))
     tok = load_tokenizer(str(tok_dir))

@@ -1,4 +1,11 @@
-"""Shared fixtures: a real envserver (uvicorn + Playwright + system Chromium) on a free loopback port."""
+"""Shared fixtures: a real envserver (uvicorn + Playwright + system Chromium) on a free loopback port.
+
+Test tiers (markers in pyproject.toml): `browser` tests start Chromium (a test that asks for the shared
+`envserver`, directly or through `client`/`http`, is marked here; one that starts a server itself carries
+`@pytest.mark.browser`); `llama_cpp` tests export a model to GGUF and run it in llama.cpp; `slow` experiments
+stay out of the default suite. `pytest --fast` runs the rest, the inner loop: `-m "not browser and not
+llama_cpp and not slow"`.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,25 @@ def browser_processes(server_pid: int) -> list[psutil.Process]:
         return psutil.Process(server_pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+FAST = "not browser and not llama_cpp and not slow"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help=f"the fast tier: only tests that start no Chromium and no llama.cpp (-m '{FAST}')")
+
+
+def pytest_configure(config):
+    if config.getoption("--fast"):
+        config.option.markexpr = FAST
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "envserver" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")

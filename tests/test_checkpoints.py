@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bgwork.checkpoints import (LOCK_NAME, Action, CheckpointError, apply_plan, copy_checkpoint, inventory,
-                                make_plan, training_lock)
-from bgwork.config import CleanupParams
 from ckpt_fixtures import make_run
+
+from bgwork import metrics as m
+from bgwork.checkpoints import Action, CheckpointError, apply_plan, copy_checkpoint, inventory, make_plan
+from bgwork.config import CleanupParams
+from bgwork.training_lock import LOCK_NAME, AlreadyTraining, training_lock
 
 
 def tree(root: Path) -> dict[str, int]:
@@ -42,7 +43,7 @@ def test_inventory_sizes_kind_step_metrics(outputs):
     assert c.optimizer_bytes == files["optimizer.pt"] + files["scheduler.pt"] + files["rng_state.pth"]
     assert c.optimizer_bytes > c.model_bytes  # AdamW keeps two moments per parameter
     assert c.total_bytes == sum(files.values())
-    assert c.metric("reward") == pytest.approx(0.9) and c.metric("success_rate") == pytest.approx(0.45)
+    assert c.metric(m.REWARD) == pytest.approx(0.9) and c.metric(m.SUCCESS_RATE) == pytest.approx(0.45)
 
 
 def test_dry_run_deletes_nothing_and_plan_follows_policy(outputs):
@@ -138,7 +139,7 @@ def test_training_lock_live_stale_and_other_process(tmp_path):
     with training_lock(run) as lock:
         info = json.loads(lock.read_text())
         assert info["pid"] == os.getpid()
-        with pytest.raises(CheckpointError, match="already training"):
+        with pytest.raises(AlreadyTraining, match="already training"):
             with training_lock(run):
                 pass
     assert not lock.exists()
@@ -150,7 +151,7 @@ def test_training_lock_live_stale_and_other_process(tmp_path):
     with training_lock(run):  # and replaced
         assert inventory(tmp_path / "outputs")[0].lock is not None
     # a lock held by another live process
-    code = ("import sys, time; from bgwork.checkpoints import training_lock\n"
+    code = ("import sys, time; from bgwork.training_lock import training_lock\n"
             "with training_lock(sys.argv[1]):\n print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     try:

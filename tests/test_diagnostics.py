@@ -10,6 +10,7 @@ from synthetic_tb import collapsed_run, healthy_run, write_run
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from bgwork import diagnostics as dx
+from bgwork import metrics as m
 from bgwork.config import DiagnosticsParams, GuardParams
 from bgwork.guard import CollapseGuard
 from bgwork.runs import read_metrics
@@ -28,15 +29,15 @@ def original_runs(tmp_path_factory):
 
 def test_reader_keeps_every_point_and_reads_trl_names(tmp_path):
     # more points than EventAccumulator's default reservoir (10,000) keeps; TRL names with and without prefix
-    write_run(tmp_path / "long", {"entropy": {s: 2.0 for s in range(1, 12_001)}})
-    write_run(tmp_path / "long", {"reward": {1: 0.5}}, subdir="other")  # unprefixed below is written by hand
+    write_run(tmp_path / "long", {m.ENTROPY: {s: 2.0 for s in range(1, 12_001)}})
+    write_run(tmp_path / "long", {m.REWARD: {1: 0.5}}, subdir="other")  # unprefixed below is written by hand
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(tmp_path / "long" / "third")) as w:
         w.add_scalar("reward_std", 0.1, 1)
     df = load_scalars(tmp_path / "long")
     assert list(df.columns) == ["run", "tag", "step", "value"]
-    assert (df["tag"] == "entropy").sum() == 12_000
-    assert set(df["tag"]) == {"entropy", "reward", "reward_std"}
+    assert (df["tag"] == m.ENTROPY).sum() == 12_000
+    assert set(df["tag"]) == {m.ENTROPY, m.REWARD, m.REWARD_STD}
     assert set(df["run"]) == {"long"}
 
 
@@ -92,8 +93,8 @@ def test_detectors_are_causal_so_live_and_offline_agree():
                                                   (0.5, "mixed", "num_generations")])
 def test_deadlock_regimes(reward, regime, advice):
     steps = range(1, 13)
-    run = {"reward": {s: reward for s in steps}, "reward_std": {s: 0.0 for s in steps},
-           "frac_reward_zero_std": {s: 1.0 for s in steps}, "entropy": {s: 2.0 for s in steps}}
+    run = {m.REWARD: {s: reward for s in steps}, m.REWARD_STD: {s: 0.0 for s in steps},
+           m.FRAC_REWARD_ZERO_STD: {s: 1.0 for s in steps}, m.ENTROPY: {s: 2.0 for s in steps}}
     v = dx.diagnose(wide(_tidy(run), "r"), P, "r")
     assert v.summary == "deadlocked from step 1" and v.findings[0].data["regime"] == regime
     assert advice in " ".join(dx.recommend([v])["recommendation"])
@@ -101,8 +102,8 @@ def test_deadlock_regimes(reward, regime, advice):
 
 def test_a_deadlock_that_ended_is_reported_but_the_verdict_follows_the_end():
     steps = range(1, 31)  # all failed for 10 steps (a hard start), then successes appear and groups disagree
-    run = {"reward": {s: 0.0 if s <= 10 else 0.1 + 0.02 * s for s in steps},
-           "frac_reward_zero_std": {s: 1.0 if s <= 10 else 0.3 for s in steps}, "entropy": {s: 2.0 for s in steps}}
+    run = {m.REWARD: {s: 0.0 if s <= 10 else 0.1 + 0.02 * s for s in steps},
+           m.FRAC_REWARD_ZERO_STD: {s: 1.0 if s <= 10 else 0.3 for s in steps}, m.ENTROPY: {s: 2.0 for s in steps}}
     v = dx.diagnose(wide(_tidy(run), "r"), P, "r")
     assert v.status == "healthy" and "earlier: every group's rewards identical (all failed" in v.reason
     [d] = v.findings
@@ -110,25 +111,25 @@ def test_a_deadlock_that_ended_is_reported_but_the_verdict_follows_the_end():
 
 
 def test_plateau_and_thresholds_come_from_params():
-    run = {"reward": {s: 0.3 for s in range(1, 41)}, "entropy": {s: 2.0 for s in range(1, 41)}}
+    run = {m.REWARD: {s: 0.3 for s in range(1, 41)}, m.ENTROPY: {s: 2.0 for s in range(1, 41)}}
     assert dx.diagnose(wide(_tidy(run), "r"), P).summary == "plateau from step 26"
     strict = DiagnosticsParams(entropy_floor=2.5)  # every point below the floor: collapsed from the start
     assert dx.diagnose(wide(_tidy(run), "r"), strict).summary == "collapsed at step 1"
 
 
 def test_runs_of_different_lengths_and_missing_tags(original_runs, tmp_path):
-    write_run(tmp_path / "short-no-entropy", {"reward": {s: 0.2 for s in range(1, 6)},
-                                              "reward_std": {s: 0.3 for s in range(1, 6)}})
-    write_run(tmp_path / "loss-only", {"loss": {1: 0.1, 2: 0.1}})
+    write_run(tmp_path / "short-no-entropy", {m.REWARD: {s: 0.2 for s in range(1, 6)},
+                                              m.REWARD_STD: {s: 0.3 for s in range(1, 6)}})
+    write_run(tmp_path / "loss-only", {m.LOSS: {1: 0.1, 2: 0.1}})
     df = load_scalars([original_runs / "grpo-lr5e-6", tmp_path / "short-no-entropy", tmp_path / "loss-only"])
     verdicts = {v.run: v for v in dx.diagnose_runs(df, P)}
     assert verdicts["grpo-lr5e-6"].summary == "collapsed at step 21"
     short = verdicts["short-no-entropy"]
     assert short.status == "healthy" and short.last_step == 5
-    assert {"entropy", "frac_reward_zero_std", "grad_norm"} <= set(short.missing)
-    assert verdicts["loss-only"].status == "no data" and "entropy" in verdicts["loss-only"].reason
+    assert {m.ENTROPY, m.FRAC_REWARD_ZERO_STD, m.GRAD_NORM} <= set(short.missing)
+    assert verdicts["loss-only"].status == "no data" and m.ENTROPY in verdicts["loss-only"].reason
     table = dx.verdict_table(list(verdicts.values()))
-    assert "entropy" in table.set_index("run").loc["short-no-entropy", "not logged"]
+    assert m.ENTROPY in table.set_index("run").loc["short-no-entropy", "not logged"]
     cov = dx.coverage_table(df).set_index("run")
     assert cov.loc["short-no-entropy", "last step"] == 5 and cov.loc["grpo-lr5e-6", "last step"] == 52
     rec = dx.recommend(list(verdicts.values()))
@@ -204,7 +205,8 @@ def test_guard_warn_mode_never_stops_and_off_does_nothing(tmp_path):
 
 
 def _tidy(run: dict[str, dict[int, float]], name: str = "r") -> pd.DataFrame:
-    return pd.DataFrame([{"run": name, "tag": t, "step": s, "value": v} for t, pts in run.items() for s, v in pts.items()])
+    return pd.DataFrame([{"run": name, "tag": t, "step": s, "value": v}
+                         for t, pts in run.items() for s, v in pts.items()])
 
 
 def _by_step(run: dict[str, dict[int, float]]) -> dict[int, dict[str, float]]:
@@ -217,8 +219,8 @@ def _by_step(run: dict[str, dict[int, float]]) -> dict[int, dict[str, float]]:
 
 def test_first_gradient_after_zero_variance_steps_is_not_a_spike():
     p = DiagnosticsParams()
-    after_deadlock = pd.DataFrame({dx.GRAD_NORM: [0.0] * 8 + [0.3]}, index=range(1, 10))
+    after_deadlock = pd.DataFrame({m.GRAD_NORM: [0.0] * 8 + [0.3]}, index=range(1, 10))
     assert dx.detect_spikes(after_deadlock, p) == []
-    real = pd.DataFrame({dx.GRAD_NORM: [0.1, 0.0, 0.12, 0.0, 0.09, 0.11, 0.1, 0.0, 5.0]}, index=range(1, 10))
+    real = pd.DataFrame({m.GRAD_NORM: [0.1, 0.0, 0.12, 0.0, 0.09, 0.11, 0.1, 0.0, 5.0]}, index=range(1, 10))
     (spike,) = dx.detect_spikes(real, p)
     assert spike.step == 9 and "previous non-zero points" in spike.detail

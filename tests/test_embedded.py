@@ -8,6 +8,7 @@ from bgwork.embedded import EmbeddedServer, env_server
 from bgwork.envclient import EnvClient
 
 
+@pytest.mark.browser
 def test_embedded_server_stops_with_its_whole_process_group(tmp_path):
     with env_server(EnvParams(max_sessions=1), log_dir=tmp_path) as url:
         client = EnvClient(url)
@@ -22,6 +23,7 @@ def test_embedded_server_stops_with_its_whole_process_group(tmp_path):
     assert "Application shutdown complete" in (tmp_path / "envserver.log").read_text()
 
 
+@pytest.mark.browser
 def test_external_url_is_checked_and_left_running():
     server = EmbeddedServer(EnvParams(max_sessions=1))
     try:
@@ -33,6 +35,7 @@ def test_external_url_is_checked_and_left_running():
     assert server.proc.poll() is not None
 
 
+@pytest.mark.browser
 def test_unreachable_url_and_failed_start_say_why(tmp_path):
     with pytest.raises(ConnectionError, match=r"env.url = http://127.0.0.1:9: GET /health did not answer"):
         with env_server(EnvParams(url="http://127.0.0.1:9")):

@@ -118,11 +118,11 @@ def hostile(marker: str) -> list[str]:
         f"eval(\"open({q}, 'w')\")",
         f"click([open({q}, 'w') for _ in '1'])",
         f"click(lambda: open({q}, 'w'))",
-        f"click((1).__class__.__bases__[0].__subclasses__())",
+        "click((1).__class__.__bases__[0].__subclasses__())",
         f"page.evaluate(\"require('fs').writeFileSync('{marker}', '')\")",
         f"click('13'); open({q}, 'w')",
         f"click(f'{{open({q}, \"w\")}}')",
-        f"keyboard_type(__builtins__)",
+        "keyboard_type(__builtins__)",
         f"noop(wait_ms=__import__('os').system('touch {marker}'))",
         "click(" * 500 + ")" * 500,  # nested calls deep enough to trouble a recursive parser
         "A" * 100_000,
@@ -151,7 +151,8 @@ def test_hostile_strings_over_http_never_run(envserver, client, tmp_path):
             assert body["observation"]["last_action_error"].startswith("InvalidAction:"), text[:80]
             assert body["info"]["action_valid"] is False
         # raw bytes that are not UTF-8 at all: a malformed body, not a server error
-        r = httpx.post(f"{envserver.url}/step", content=b'{"session_id": "' + sid.encode() + b'", "action": "\xff\xfe"}',
+        body = b'{"session_id": "' + sid.encode() + b'", "action": "\xff\xfe"}'
+        r = httpx.post(f"{envserver.url}/step", content=body,
                        headers={"content-type": "application/json"}, timeout=60)
         assert r.status_code == 422, r.text
         # the session still works afterwards, and nothing ran on the host

@@ -90,13 +90,15 @@ def test_client_mistakes_get_4xx_with_a_reason(envserver, client):
     ]
     for path, body, status, code in cases:
         r = httpx.post(url + path, json=body, timeout=30)
-        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, body if len(str(body)) < 200 else "...", r.text[:300])
+        shown = body if len(str(body)) < 200 else "..."
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, shown, r.text[:300])
     assert "was closed" in httpx.post(url + "/step", json=cases[1][1]).json()["error"]["message"]
     assert "click-test" in httpx.post(url + "/reset", json={"task": "clik-test"}).json()["error"]["suggestions"]
     r = httpx.post(url + "/step", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
 
 
+@pytest.mark.browser
 def test_pool_full_is_429_and_frees_on_close():
     with running_server(1) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         first = http.post("/reset", json={"task": "click-test"}).json()["session_id"]

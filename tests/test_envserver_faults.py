@@ -45,6 +45,7 @@ def test_killed_browser_answers_session_lost_then_reset_recovers(envserver, clie
     client.close(other)
 
 
+@pytest.mark.browser
 def test_idle_sessions_are_reaped():
     with running_server(2, "--idle-timeout", "1") as server, EnvClient(server.url) as c:
         sid = c.reset("click-test")["session_id"]
@@ -80,6 +81,7 @@ def test_non_loopback_bind_requires_a_token():
     assert out.returncode != 0 and "BGWORK_ENV_TOKEN" in out.stderr
 
 
+@pytest.mark.browser
 def test_token_is_checked_on_every_endpoint_but_health(monkeypatch):
     monkeypatch.setenv("BGWORK_ENV_TOKEN", "s3cret")
     with running_server(1) as server:
@@ -96,6 +98,8 @@ def test_token_is_checked_on_every_endpoint_but_health(monkeypatch):
             c.close(sid)
 
 
+@pytest.mark.browser
+@pytest.mark.timeout(1800)  # 737 s measured under a load average of ~25 on the 2-core box
 def test_200_open_step_close_cycles_over_4_parallel_sessions_leak_nothing():
     with running_server(4) as server:
         baseline = {p.pid for p in browser_processes(server.pid)}

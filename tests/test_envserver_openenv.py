@@ -238,6 +238,8 @@ def test_mcp_malformed_requests_get_json_rpc_errors(http, body, code, says):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(1500)  # the validator script gets 1200 s
 def test_openenv_validator_passes_every_required_criterion(tmp_path):
     """openenv-core's own validator, from its own venv (created on first run, a few minutes)."""
     report_path = tmp_path / "report.json"

@@ -12,7 +12,7 @@ import yaml
 from ckpt_fixtures import cached_export_fixtures
 
 from bgwork import gguf_export as gx
-from bgwork import runner
+from bgwork import notebook_run
 from bgwork.runs import read_metrics
 
 SHORT = ["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction:"]
@@ -52,20 +52,22 @@ def test_rules_fallbacks_for_rows_not_multiple_of_256():
                   "blk.0.ffn_down.weight": "Q6_K", "blk.0.ffn_up.weight": "Q5_0", "blk.0.attn_norm.weight": "F32"}
     q5 = gx.tensor_types(layout, "Q5_K_M", 30, "llama")
     assert q5["blk.0.attn_q.weight"] == "Q5_1"
-    assert gx.tensor_types([("blk.0.ffn_up.weight", [40, 8], "F16")], "Q8_0", 1, "llama")["blk.0.ffn_up.weight"] == "F16"
+    tiny = gx.tensor_types([("blk.0.ffn_up.weight", [40, 8], "F16")], "Q8_0", 1, "llama")
+    assert tiny["blk.0.ffn_up.weight"] == "F16"
     with pytest.raises(gx.ExportError, match="not transcribed"):
         gx.tensor_types(layout, "Q4_K_M", 30, "falcon")
     with pytest.raises(gx.ExportError, match="expected one of"):
         gx.tensor_types(layout, "Q3_K_M", 30, "llama")
 
 
-# --- real exports ------------------------------------------------------------------------------------------
+# --- real exports, run in llama.cpp (marked llama_cpp: minutes of CPU, out of the fast tier) --------------------
 
 @pytest.fixture(scope="module")
 def checkpoints():
     return cached_export_fixtures()
 
 
+@pytest.mark.llama_cpp
 def test_export_full_checkpoint_all_four_verified(checkpoints, tmp_path):
     rows = gx.export_checkpoint(checkpoints["full"], tmp_path / "gguf", prompts=SHORT + ["The capital of France is"])
     assert [r["quant"] for r in rows] == ["F16", "Q8_0", "Q5_K_M", "Q4_K_M"]
@@ -85,11 +87,12 @@ def test_export_full_checkpoint_all_four_verified(checkpoints, tmp_path):
     assert rows[3]["MB"] < rows[2]["MB"] < rows[1]["MB"] < rows[0]["MB"]
 
 
+@pytest.mark.llama_cpp
 def test_notebook_06_exports_a_lora_merged_into_its_base(checkpoints, tmp_path):
     params = tmp_path / "export.yaml"
     params.write_text(yaml.safe_dump({"name": "export", "export": {"checkpoint": str(checkpoints["lora"]),
                                                                    "prompts": SHORT, "gen_tokens": 6}}))
-    result = runner.run(["06"], params_file=str(params), root=tmp_path / "runs")
+    result = notebook_run.run(["06"], params_file=str(params), root=tmp_path / "runs")
     assert result.ok, result.notebooks[0].error
     assert (result.run_dir / "06_gguf_export.html").is_file()
     m = read_metrics(result.run_dir)
@@ -122,6 +125,7 @@ def test_bad_checkpoint_is_refused_clearly(tmp_path):
         gx.export_checkpoint(tmp_path / "empty", tmp_path / "out", quants=["Q3_K"])
 
 
+@pytest.mark.llama_cpp
 def test_export_bundled_smollm2(tmp_path):  # ~1 min on 2 cores: a 135M model converted and verified four times
     # SmolLM2's 576-wide rows fall back to Q5_0/Q5_1 and the model itself is a dequantized Q4_1: its K-quant
     # files measured cosine 0.980-0.993 against the HF model (top token always the same), hence 0.97 here.

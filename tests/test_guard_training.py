@@ -6,6 +6,7 @@ import pytest
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from bgwork import metrics as m
 from bgwork.config import DiagnosticsParams, GuardParams
 from bgwork.diagnostics import diagnose_runs
 from bgwork.guard import CollapseGuard
@@ -48,7 +49,7 @@ def test_guard_stops_a_deadlocked_grpo_run_with_a_checkpoint(tiny, tmp_path, mon
     assert metrics["guard/finding"]["data"]["regime"] == "all solved"
     # the offline reader sees the same run through TRL's real TensorBoard tags (train/ prefix dropped)
     df = load_scalars(tmp_path)
-    assert {"reward", "reward_std", "frac_reward_zero_std", "entropy", "grad_norm", "learning_rate"} <= set(df["tag"])
+    assert {m.REWARD, m.REWARD_STD, m.FRAC_REWARD_ZERO_STD, m.ENTROPY, m.GRAD_NORM, m.LEARNING_RATE} <= set(df["tag"])
     [verdict] = diagnose_runs(df, DiagnosticsParams(deadlock_patience=3))
     assert verdict.summary == "deadlocked from step 1"
 

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(3900)  # the run itself may take up to an hour
 def test_trained_success_is_at_least_three_times_untrained(tmp_path):
     env = {**os.environ, "BGWORK_RUNS_DIR": str(tmp_path / "runs")}
     started = time.monotonic()

@@ -21,8 +21,8 @@ def test_tiny_random_lfm2_is_real_lfm2_and_deterministic():
 
 def test_bundled_smollm2_is_a_float_checkpoint_with_chat_template(tmp_path):
     r = models.resolve_model(models.BUNDLED_SMOLLM2, load_model=False)
-    from pathlib import Path
     import json
+    from pathlib import Path
     cfg = json.loads((Path(r.path) / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["model_type"] == "llama"
     assert list(Path(r.path).glob("*.safetensors"))
@@ -39,7 +39,7 @@ def test_local_directory_and_short_name():
 def test_bad_specs_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(models.ModelNotFound, match="config.json"):
         models.model_path(str(tmp_path))
-    with pytest.raises(models.ModelNotFound, match="unknown bundled model"):
+    with pytest.raises(models.ModelNotFound, match="unknown built-in model"):
         models.model_path("bundled:nope")
     with pytest.raises(models.ModelNotFound, match="no such directory"):
         models.model_path(str(tmp_path / "missing"))

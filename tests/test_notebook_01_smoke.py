@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.browser  # every test here starts an env server, hence Chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,12 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.browser  # every test here starts an env server, hence Chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bgwork_run(tmp_path, notebook, *args):
     env = {**os.environ, "BGWORK_RUNS_DIR": str(tmp_path / "runs")}
-    return subprocess.run([sys.executable, "-m", "bgwork", "run", notebook, "-f", str(ROOT / "params/tiny.yaml"), *args],
+    cmd = [sys.executable, "-m", "bgwork", "run", notebook, "-f", str(ROOT / "params/tiny.yaml"), *args]
+    return subprocess.run(cmd,
                           capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
 
 

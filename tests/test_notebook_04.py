@@ -5,7 +5,8 @@ from __future__ import annotations
 import yaml
 from synthetic_tb import collapsed_run, healthy_run, write_run
 
-from bgwork import runner
+from bgwork import metrics as m
+from bgwork import notebook_run
 from bgwork.runs import read_metrics
 
 
@@ -13,11 +14,11 @@ def test_notebook_flags_the_collapse_at_21_and_passes_the_healthy_run(tmp_path):
     data = tmp_path / "trained"
     write_run(data / "grpo-lr5e-6", collapsed_run())
     write_run(data / "grpo-lr1e-6", healthy_run())
-    write_run(data / "short-reward-only", {"reward": {1: 0.1, 2: 0.2, 3: 0.2}})  # other length, tags missing
+    write_run(data / "short-reward-only", {m.REWARD: {1: 0.1, 2: 0.2, 3: 0.2}})  # other length, tags missing
     params = tmp_path / "diag.yaml"
     params.write_text(yaml.safe_dump({"name": "diag", "diagnostics": {"runs": [str(data / "*")]}}))
 
-    result = runner.run(["04"], params_file=str(params), root=tmp_path / "runs")
+    result = notebook_run.run(["04"], params_file=str(params), root=tmp_path / "runs")
 
     nb = result.notebooks[0]
     assert result.ok, nb.error

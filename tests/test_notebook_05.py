@@ -5,9 +5,9 @@ from __future__ import annotations
 import yaml
 from ckpt_fixtures import make_run
 
-from bgwork import runner
-from bgwork.checkpoints import training_lock
+from bgwork import notebook_run
 from bgwork.runs import read_metrics
+from bgwork.training_lock import training_lock
 
 
 def _files(root):
@@ -27,7 +27,7 @@ def test_notebook_05_dry_run_then_apply(tmp_path, monkeypatch):
     before = _files(outputs)
 
     with training_lock(outputs / "train" / "busy"):
-        dry = runner.run(["05"], params_file=str(params), root=tmp_path / "runs")
+        dry = notebook_run.run(["05"], params_file=str(params), root=tmp_path / "runs")
         assert dry.ok, dry.notebooks[0].error
         assert (dry.run_dir / "05_checkpoint_cleanup.html").is_file()
         m = read_metrics(dry.run_dir)
@@ -41,7 +41,8 @@ def test_notebook_05_dry_run_then_apply(tmp_path, monkeypatch):
         assert not (tmp_path / "best" / "optimizer.pt").exists()
 
         (tmp_path / "best").rename(tmp_path / "best-1")  # the copy refuses to overwrite
-        done = runner.run(["05"], params_file=str(params), overrides=["cleanup.apply=true"], root=tmp_path / "runs")
+        done = notebook_run.run(["05"], params_file=str(params), overrides=["cleanup.apply=true"],
+                                root=tmp_path / "runs")
         assert done.ok, done.notebooks[0].error
     planned = {f"{a['checkpoint'].split(str(outputs) + '/')[1]}/{f}" for a in m["cleanup/actions"] for f in a["files"]}
     assert before - _files(outputs) == planned

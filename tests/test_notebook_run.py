@@ -8,12 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import psutil
 import pytest
 
-from bgwork import progress, runner, runs
+from bgwork import notebook_run, progress, runs
 
 GOOD = '''\
 # %% [markdown]
@@ -82,7 +81,7 @@ def bgwork_cli(tmp_path, *args):
 
 def test_chained_run_dir_holds_everything(tmp_path):
     nbs = [notebook(tmp_path, "good", GOOD), notebook(tmp_path, "second", SECOND)]
-    result = runner.run(nbs, overrides=["smoke.tasks=[a, b, c]", "name=tiny"], root=tmp_path / "runs")
+    result = notebook_run.run(nbs, overrides=["smoke.tasks=[a, b, c]", "name=tiny"], root=tmp_path / "runs")
     assert result.ok, result.notebooks
     d = result.run_dir
     assert d.parent == tmp_path / "runs" and d.name.endswith("__good+second__tiny")
@@ -102,6 +101,7 @@ def test_chained_run_dir_holds_everything(tmp_path):
     assert "data:image/png;base64," in html  # the plot is embedded
 
 
+@pytest.mark.browser
 def test_failing_cell_still_reports_and_stops_the_embedded_server(tmp_path):
     nbs = [notebook(tmp_path, "failing", FAILING), notebook(tmp_path, "second", SECOND)]
     out = bgwork_cli(tmp_path, "run", *nbs)
@@ -140,7 +140,7 @@ def _alive(pid):
 
 @pytest.mark.parametrize("args, expected", [
     (["-f", "bad.yaml"], "bad.yaml: unknown key 'smoke.taks' (did you mean 'smoke.tasks'?)"),
-    (["-p", "env.max_sessions=0"], "env.max_sessions = 0 is not allowed: expected an integer in [1, 64]"),
+    (["-p", "env.max_sessions=0"], "env.max_sessions = 0 is not allowed: expected an integer in [1, 1024]"),
     (["-f", "missing.yaml"], "missing.yaml: params file not found"),
 ])
 def test_bad_params_fail_before_any_run_dir(tmp_path, args, expected):
@@ -158,8 +158,8 @@ def test_unknown_notebook_names_the_available_ones(tmp_path):
 
 
 def test_notebooks_selectable_by_number_or_name():
-    assert runner.find_notebook("01").name == "01_env_smoke_test.py"
-    assert runner.find_notebook("01_env_smoke_test") == runner.find_notebook("01_env_smoke_test.py")
+    assert notebook_run.find_notebook("01").name == "01_env_smoke_test.py"
+    assert notebook_run.find_notebook("01_env_smoke_test") == notebook_run.find_notebook("01_env_smoke_test.py")
 
 
 def test_params_command_prints_resolved_yaml(tmp_path):

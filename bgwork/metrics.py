@@ -1,0 +1,59 @@
+"""The metric vocabulary: every name a training run logs, and the keys other modules read back.
+
+TRL's GRPOTrainer logs most training metrics, and its names are the vocabulary (reward, reward_std,
+frac_reward_zero_std, entropy, ...); bgwork's reward function adds the episode metrics (success_rate, ...).
+Code that writes or reads a metric uses these constants, never a string literal, so a name is spelled once.
+TensorBoard stores them as `train/<name>`; `bgwork.tbscalars` drops that prefix again.
+"""
+
+from __future__ import annotations
+
+# --- logged by TRL's GRPOTrainer (and transformers' Trainer) at every logging step ------------------------------
+REWARD = "reward"  # mean reward of the generation batch (all reward functions summed)
+REWARD_STD = "reward_std"  # its spread; 0 everywhere = no learning signal
+FRAC_REWARD_ZERO_STD = "frac_reward_zero_std"  # share of groups whose rewards are all equal (advantage 0)
+ENTROPY = "entropy"  # mean token entropy of the policy (nats)
+LOSS = "loss"
+GRAD_NORM = "grad_norm"
+LEARNING_RATE = "learning_rate"
+STEP_TIME = "step_time"  # seconds per optimizer step
+
+# --- logged by bgwork.rewards.env_reward, once per generation batch -----------------------------------------
+SUCCESS_RATE = "success_rate"  # share of scored episodes that solved their task; per task: success_rate/<task>
+FORMAT_ERROR_RATE = "format_error_rate"  # share of actions that were not a well-formed call
+EPISODE_STEPS = "episode_steps"  # mean browser actions per episode
+ENV_RETRIES = "env_retries"  # mean re-runs per episode after infrastructure failures
+
+
+def per_task(metric: str, task: str) -> str:
+    """`success_rate/click-test`: a metric of one task of the curriculum."""
+    return f"{metric}/{task}"
+
+
+def rollout_timing(name: str) -> str:
+    """`rollout/generate_s`, `rollout/env_s`: wall time of the rollout's parts in one generation batch."""
+    return f"rollout/{name}"
+
+
+# What notebooks 02 and 03 plot per step, and what a run's summary reports.
+CURVES = [REWARD, REWARD_STD, ENTROPY, LOSS, SUCCESS_RATE, FORMAT_ERROR_RATE]
+SUMMARY = CURVES + [GRAD_NORM, FRAC_REWARD_ZERO_STD, STEP_TIME]
+
+# --- what the live guard (bgwork.guard) records in a run's metrics.json; notebook 04 reads it back -------------
+GUARD_MODE = "guard/mode"
+GUARD_STOPPED = "guard/stopped"
+GUARD_STOPPED_AT_STEP = "guard/stopped_at_step"
+GUARD_REASON = "guard/reason"
+GUARD_WARNINGS = "guard/warnings"
+GUARD_FINDING = "guard/finding"
+GUARD_BEFORE_RESUME = "guard/before_resume"
+GUARD_PREFIX = "guard/"
+
+# --- held-out evaluation stages of notebook 03 (metrics.json: eval/<stage>_success_rate[/<task>]) -------------
+STAGES = {"untrained": "untrained", "warm-started": "warmstart", "trained": "trained"}  # table column -> key part
+
+
+def eval_success_key(stage: str, task: str | None = None) -> str:
+    """metrics.json key of a stage's held-out success rate: eval/trained_success_rate[/click-test]."""
+    key = f"eval/{STAGES[stage]}_{SUCCESS_RATE}"
+    return per_task(key, task) if task else key

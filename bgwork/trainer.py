@@ -1,0 +1,235 @@
+"""GRPO training of a browser agent with TRL's GRPOTrainer and bgwork's multi-turn `rollout_func`.
+
+    result = train(params, run_dir, env_url)        # -> TrainResult(output_dir, final_dir, global_step, ...)
+
+Layout under the run dir:
+    <model>-browsergym-<UTC timestamp>/     TRL output_dir
+        warmstart/                          the warm-started weights (warmstart.episodes_per_task > 0)
+        checkpoint-<step>/                  every train.save_steps (train.save_total_limit kept)
+        final/                              the trained model (or LoRA adapter) + tokenizer
+        tensorboard/                        event files: every trainer scalar + success/format metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bgwork.config import ConfigError, LoraParams, Params, RolloutParams, TrainParams, generation_batch_size
+from bgwork.curriculum import decode_spec, train_dataset
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DIR_RE = re.compile(r".+-browsergym-\d{8}T\d{6}Z$")
+
+
+class TrainingSetupError(ConfigError):
+    """Parameters that do not fit this machine, model or env server; the message names the key."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    global_step: int
+    log_history: list[dict]
+    stopped_by_guard: str | None = None
+
+
+def describe(params: Params) -> str:
+    """One line for a notebook: what will be trained, on what, for how long, where."""
+    t, lora = params.train, params.lora
+    kind = f"LoRA r={lora.r}" if lora.enabled else "full fine-tune"
+    return (f"model {params.model.name} ({kind}), tasks {params.rollout.tasks}, {t.max_steps} steps x "
+            f"{generation_batch_size(t)} episodes, on {device_and_dtype(params.model.dtype)[0]}")
+
+
+def check_tasks_exist(rollout: RolloutParams, available: list[str]) -> None:
+    missing = [t for t in rollout.tasks if t not in available]
+    if missing:
+        raise TrainingSetupError(f"rollout.tasks: unknown task(s) {missing}; the env server offers e.g. "
+                                 f"{', '.join(sorted(available)[:12])} ... ({len(available)} in all, GET /tasks)")
+
+
+def check_completed(result: TrainResult, train: TrainParams) -> None:
+    """A run that ended early is a failure unless the guard stopped it on purpose."""
+    if result.global_step < train.max_steps and not result.stopped_by_guard:
+        raise AssertionError(f"training stopped at step {result.global_step} of {train.max_steps}")
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+def device_and_dtype(model_dtype: str):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if model_dtype == "auto":
+        return ("cuda" if cuda else "cpu"), (torch.bfloat16 if cuda else torch.float32)
+    return ("cuda" if cuda else "cpu"), getattr(torch, model_dtype)
+
+
+def lora_config(lora: LoraParams, model):
+    """A peft LoraConfig whose every target module exists in `model` (else a clear error)."""
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    if lora.target_modules != ["all-linear"]:
+        missing = [m for m in lora.target_modules if m not in names]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if type(m).__name__ == "Linear" and n != "lm_head"})
+            raise TrainingSetupError(f"lora.target_modules: {missing} match no module of {type(model).__name__}; "
+                                     f"its linear modules are {linear} (or use ['all-linear'])")
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+
+
+# --- output dirs and resuming ----------------------------------------------------------------------
+
+def new_output_dir(run_dir: Path, model_spec: str) -> Path:
+    from bgwork.models import short_name
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(run_dir) / f"{short_name(model_spec)}-browsergym-{stamp}"
+
+
+def newest_run_checkpoint(run_dir: Path) -> Path | None:
+    """Newest `checkpoint-N` (highest N, newest output dir) under one run dir (for resuming it)."""
+    found = [(out.name, int(c.name.split("-")[1]), c) for out in Path(run_dir).iterdir()
+             if out.is_dir() and OUTPUT_DIR_RE.match(out.name)
+             for c in out.glob("checkpoint-*") if c.name.split("-")[1].isdigit()]
+    return max(found)[2] if found else None
+
+
+def resolve_resume(train: TrainParams, run_dir: Path) -> Path | None:
+    if not train.resume_from_checkpoint:
+        return None
+    if train.resume_from_checkpoint == "latest":
+        ckpt = newest_run_checkpoint(run_dir)
+        if ckpt is None:
+            raise TrainingSetupError(f"train.resume_from_checkpoint = 'latest': no checkpoint-* under {run_dir}")
+        return ckpt
+    ckpt = Path(train.resume_from_checkpoint)
+    if not (ckpt / "trainer_state.json").exists():
+        raise TrainingSetupError(f"train.resume_from_checkpoint = {ckpt}: not a checkpoint (no trainer_state.json)")
+    return ckpt
+
+
+# --- trainer ---------------------------------------------------------------------------------------
+
+def grpo_config(params: Params, output_dir: Path, device: str):
+    from trl import GRPOConfig
+
+    t = params.train
+    on_gpu = device == "cuda"
+    return GRPOConfig(
+        output_dir=str(output_dir), max_steps=t.max_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
+        num_generations=t.num_generations, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, generation_batch_size=generation_batch_size(t),
+        beta=t.beta, loss_type=t.loss_type, scale_rewards=t.scale_rewards, epsilon=t.epsilon,
+        num_iterations=t.num_iterations, temperature=t.temperature, max_completion_length=t.max_completion_length,
+        max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, seed=params.seed, data_seed=params.seed,
+        bf16=on_gpu and params.model.dtype in ("auto", "bfloat16"), use_cpu=not on_gpu,
+        use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, report_to=["tensorboard"], logging_first_step=True,
+        log_completions=False, shuffle_dataset=False, dataloader_num_workers=0,
+    )
+
+
+def make_rollout_func(player):
+    """TRL calls this with the generation batch's prompts (each group's spec repeated num_generations times)."""
+    from trl.models import unwrap_model_for_generation
+
+    from bgwork.rollout import to_rollout_output
+
+    def rollout_func(prompts, trainer):
+        specs = [decode_spec(p) for p in prompts]
+        player.vllm = trainer.vllm_generation if trainer.use_vllm else None
+        checkpointing = trainer.args.gradient_checkpointing_kwargs
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gradient_checkpointing_kwargs=checkpointing) as model:
+            episodes = player.play(model, specs)
+        out = to_rollout_output(episodes)
+        out["rollout_timings"] = dict(player.timings)  # a scalar extra: every reward call sees it once
+        return out
+
+    return rollout_func
+
+
+def build_trainer(params: Params, output_dir: Path, client, resolved=None, callbacks=()):
+    """(GRPOTrainer, EpisodePlayer) ready to train; `resolved` may pass an already loaded ResolvedModel."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl import GRPOTrainer
+
+    from bgwork.models import resolve_model
+    from bgwork.rewards import reward_functions
+    from bgwork.rollout import EpisodePlayer
+
+    check_tasks_exist(params.rollout, client.tasks())
+    device, dtype = device_and_dtype(params.model.dtype)
+    resolved = resolved or resolve_model(params.model.name, dtype=dtype)
+    model, tokenizer = resolved.model, resolved.tokenizer
+    peft_config = lora_config(params.lora, model) if params.lora.enabled else None
+    max_parallel = min(generation_batch_size(params.train), params.env.max_sessions)
+    player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
+                           max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
+    args = grpo_config(params, output_dir, device)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params.rollout), args=args,
+                          train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
+                          peft_config=peft_config, rollout_func=make_rollout_func(player),
+                          callbacks=[*_callbacks(params, output_dir), *callbacks])
+    return trainer, player
+
+
+def _callbacks(params: Params, output_dir: Path) -> list:
+    if params.guard.mode == "off":
+        return []
+    from bgwork.guard import CollapseGuard
+
+    return [CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
+
+
+def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=(),
+          after_warm_start=None) -> TrainResult:
+    """Train under the run dir's training lock; resumes into the checkpoint's own output dir.
+
+    `after_warm_start(resolved)`, if given, runs between a fresh warm start and GRPO (e.g. an evaluation)."""
+    from bgwork.envclient import EnvClient
+    from bgwork.models import resolve_model
+    from bgwork.training_lock import training_lock
+    from bgwork.warmstart import warm_start
+
+    run_dir = Path(run_dir)
+    resume = resolve_resume(params.train, run_dir)
+    output_dir = resume.parent if resume else new_output_dir(run_dir, params.model.name)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it
+    dtype = device_and_dtype(params.model.dtype)[1]
+    env = EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout)
+    with training_lock(run_dir), env as client:
+        warm_dir = output_dir / "warmstart"
+        if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
+            resolved = resolve_model(str(warm_dir), dtype=dtype)
+        elif params.warmstart.episodes_per_task and not resume:
+            resolved = resolved or resolve_model(params.model.name, dtype=dtype)
+            adapter = lora_config(params.lora, resolved.model) if params.lora.enabled else None
+            warm_start(params, resolved, client, warm_dir, adapter)
+            if after_warm_start:
+                after_warm_start(resolved)
+        trainer, player = build_trainer(params, output_dir, client, resolved, callbacks)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            player.close()
+        final_dir = output_dir / "final"
+        trainer.save_model(str(final_dir))
+        trainer.processing_class.save_pretrained(str(final_dir))
+    guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
+    return TrainResult(output_dir, final_dir, trainer.state.global_step, list(trainer.state.log_history),
+                       getattr(guard, "stop_reason", None))
