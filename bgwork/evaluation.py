@@ -9,6 +9,7 @@ different runs, are measured on exactly the same episodes. Notebook 03 plays the
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bgwork.config import Params
 from bgwork.curriculum import recorded_seeds, task_weights
 from bgwork.envclient import EnvClient
 from bgwork.metrics import STAGES, SUCCESS_RATE, eval_success_key
-from bgwork.rollout import Episode, EpisodePlayer, success_table
+from bgwork.rollout import Episode, EpisodePlayer, episode_records, success_table
 
 
 def eval_specs(params: Params, episodes_per_task: int, available: dict | None = None) -> list[tuple[str, int]]:
@@ -66,7 +67,8 @@ def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str)
     with EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout) as client:
         def play(stage, resolved):
             if params.evaluation.episodes_per_task:
-                stages[stage] = evaluate(resolved.model, resolved.tokenizer, client, params)[1]
+                episodes, stages[stage] = evaluate(resolved.model, resolved.tokenizer, client, params)
+                save_episodes(run_dir, stage, episodes)
 
         base = resolve_model(params.model.name, dtype=dtype, device=device)
         play("untrained", base)
@@ -74,6 +76,21 @@ def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str)
         result = train(params, run_dir, env_url, resolved=base, after_warm_start=warm)
         play("trained", base)
     return result, stages
+
+
+def save_episodes(run_dir: str | Path, stage: str, episodes: list[Episode]) -> Path:
+    """<run dir>/eval/<stage>.jsonl, one episode a line: what paired comparisons between models read back."""
+    path = Path(run_dir) / "eval" / f"{stage}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in episode_records(episodes)))
+    return path
+
+
+def load_episodes(run_dir: str | Path, stage: str) -> list[dict]:
+    path = Path(run_dir) / "eval" / f"{stage}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved evaluation of stage {stage!r} in this run dir")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stage_table(stages: dict):

@@ -299,8 +299,11 @@ def to_rollout_output(episodes: list[Episode]) -> dict:
 
 
 def success_table(episodes: list[Episode]):
-    """Per task: episodes, successes, success rate, mean steps, format-error rate (lost episodes left out)."""
+    """Per task: episodes, successes, success rate with its 95 % Wilson interval, mean steps, format-error rate
+    (lost episodes left out)."""
     import pandas as pd
+
+    from bgwork.stats import wilson
 
     rows = [{"task": e.task, "success": e.success, "steps": e.steps, "format_errors": e.format_errors}
             for e in episodes if not e.lost]
@@ -313,7 +316,18 @@ def success_table(episodes: list[Episode]):
                           SUCCESS_RATE: [df["success"].mean() if len(df) else float("nan")],
                           "mean_steps": [df["steps"].mean()],
                           FORMAT_ERROR_RATE: [df["format_errors"].sum() / max(df["steps"].sum(), 1)]}, index=["all"])
-    return pd.concat([table, total])
+    out = pd.concat([table, total])
+    bounds = [wilson(int(s), int(n)) for s, n in zip(out["successes"], out["episodes"])]
+    out.insert(3, "ci_low", [lo for lo, _ in bounds])
+    out.insert(4, "ci_high", [hi for _, hi in bounds])
+    return out
+
+
+def episode_records(episodes: list[Episode]) -> list[dict]:
+    """One plain dict per episode (what an evaluation keeps on disk to compare models on the same seeds)."""
+    return [{"task": e.task, "seed": e.seed, "success": None if e.lost else e.success, "reward": e.reward,
+             "steps": e.steps, "format_errors": e.format_errors, "actions": e.actions, "lost": e.lost}
+            for e in episodes]
 
 
 def _generation_attention(device: torch.device):
