@@ -8,7 +8,7 @@ from bgwork.stats import paired_difference, wilson
 
 
 def test_wilson_matches_the_textbook_values():
-    lo, hi = wilson(17, 20)  # Newcombe (1998), table: 0.6396 - 0.9476
+    lo, hi = wilson(17, 20)  # by hand: (0.85 + 0.0960) / 1.1921 -+ 0.1836 / 1.1921
     assert (round(lo, 4), round(hi, 4)) == (0.6396, 0.9476)
     assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
     assert wilson(0, 0) != wilson(0, 0)  # nan: no episodes, no interval
