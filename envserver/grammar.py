@@ -232,7 +232,8 @@ def _check_number(name: str, param: str, value, viewport: tuple[int, int]) -> No
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ActionError(f"{name}(): {param} must be a number, got {value!r}")
     lo, hi, unit = _bounds(name, param, viewport)
-    if not (math.isfinite(value) and lo <= value <= hi):
+    # ints compare exactly (math.isfinite(10**400) would raise OverflowError); floats must also be finite
+    if not ((isinstance(value, int) or math.isfinite(value)) and lo <= value <= hi):
         raise ActionError(f"{name}(): {param} = {value!r} is out of range: expected a number in [{lo}, {hi}] {unit}")
 
 

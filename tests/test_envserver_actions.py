@@ -77,6 +77,8 @@ def test_grammar_imports_no_browser_stack():
     ("noop(float('nan'))", "literal"),
     ("noop(1e999)", "out of range"),
     ("mouse_click(1e308, -1e308)", "x = 1e+308 is out of range"),
+    ("noop(1" + "0" * 400 + ")", "is out of range"),  # an int too large for a float: no OverflowError
+    ("scroll(-0x" + "f" * 500 + ", 0)", "delta_x = -"),
     ("mouse_click(10, 500)", "y = 500 is out of range: expected a number in [0, 214]"),
     ("mouse_drag_and_drop(0, 0, 333, 0)", "to_x = 333 is out of range"),
     ("scroll(0, 1e9)", "delta_y = 1000000000.0 is out of range"),
