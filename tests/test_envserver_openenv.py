@@ -120,6 +120,9 @@ def test_state_follows_the_episode(http):
         http.post("/close", json={"session_id": sid})
     gone = http.get("/state", params={"session_id": sid})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_session"
+    by_cookie = http.get("/state")  # no query: the session the last /reset's cookie named
+    assert by_cookie.status_code == 404 and sid in by_cookie.json()["error"]["message"]
+    http.cookies.clear()
     missing = http.get("/state")
     assert missing.status_code == 422 and "session_id" in missing.json()["error"]["message"]
 
