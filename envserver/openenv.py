@@ -24,7 +24,7 @@ import json
 import logging
 from typing import Any, Callable
 
-from fastapi import Cookie, FastAPI, Query, Request, WebSocket
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -32,7 +32,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from . import API_VERSION, __version__
 from .grammar import DEFAULT_ACTIONS, SIGNATURES
 from .schemas import (Action, ActionObject, ApiError, CloseRequest, EpisodeState, Observation, ResetRequest,
-                      StepRequest, error_responses, safe_text)
+                      SessionCookie, StepRequest, error_responses, safe_text)
 
 NAME = "bgwork-envserver"
 DESCRIPTION = ("Offline BrowserGym MiniWoB++ environments (125 tasks, real Chromium), many sessions in parallel. "
@@ -64,11 +64,10 @@ def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Cal
                 "state": EpisodeState.model_json_schema()}
 
     @app.get("/state", responses=error_responses(404, 409, 422))
-    def state(session_id: str | None = Query(None, max_length=64, description="the session (many run at once); "
-                                              "if left out, the one the envserver_session cookie names"),
-              envserver_session: str | None = Cookie(None, max_length=64,
-                                                     description="set by /reset (openenv-core 0.1's client "
-                                                                 "sends no session_id)")) -> dict:
+    def state(session_id: str | None = Query(None, min_length=1, max_length=64,
+                                              description="the session (many run at once); if left out, the one "
+                                                          "the envserver_session cookie names"),
+              envserver_session: SessionCookie = None) -> dict:
         with hold(session_id, envserver_session) as session:
             return _state(session)
 
@@ -192,7 +191,8 @@ class WsSession:
         elif "action" in data:
             action = data["action"]
         else:
-            raise ApiError(422, "invalid_request", "data.action_str is required, e.g. {\"action_str\": \"click('13')\"}")
+            raise ApiError(422, "invalid_request",
+                           "data.action_str is required, e.g. {\"action_str\": \"click('13')\"}")
         return self.step(StepRequest(session_id=self._require_session(), action=action, **options))
 
     def _require_session(self) -> str:

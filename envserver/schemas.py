@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from fastapi import Cookie
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .grammar import DEFAULT_ACTIONS, MAX_ACTION_CHARS
@@ -35,6 +36,9 @@ def _utf8(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
+# The cookie route parameter: FastAPI reads the value of `envserver_session`
+SessionCookie = Annotated[str | None, Cookie(min_length=1, max_length=64, description=(
+    "set by /reset; names the session when the request gives no session_id (openenv-core 0.1's client sends none)"))]
 
 
 # ---- errors, as every route answers them ---------------------------------------------------------------
@@ -53,7 +57,8 @@ ERRORS = {
     400: "unknown_task or unknown_seed (the message names the nearest ones served)",
     401: "unauthorized: missing or wrong bearer token (only when the server was started with a token)",
     404: "unknown_session: it never existed, or was closed, reaped or evicted (the message says which)",
-    409: "not_reset: the session has no episode yet; session_busy: another request is using the session",
+    409: "not_reset: the session has no episode yet; session_busy: another request is using the session; "
+         "no_session: the request gives neither a session_id nor the envserver_session cookie",
     413: "body_too_large: the request body is over the server's limit (64 KiB by default)",
     422: "invalid_request: the body, a query parameter or the cookie is malformed (the message names the field)",
     429: "pool_full: every session is busy or recently used (none idle for the eviction threshold)",
@@ -69,12 +74,13 @@ def error_responses(*statuses: int) -> dict[int, dict]:
 
 # ---- request bodies -------------------------------------------------------------------------------
 
+# strict: a body is taken as typed (0 is not false, "5" is not a seed), as the schema says
 class ResetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     task: Text | None = Field(None, max_length=100,
                               description="MiniWoB task name (GET /tasks); default: the server's --task")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    session_id: Text | None = Field(None, max_length=64, description="reset this session in place")
+    session_id: Text | None = Field(None, min_length=1, max_length=64, description="reset this session in place")
     episode_id: Text | None = Field(None, max_length=255, description="OpenEnv's own episode id (GET /state)")
     include_screenshot: bool = False
     include_pruned_html: bool = False
@@ -82,14 +88,15 @@ class ResetRequest(BaseModel):
 
 class ActionObject(BaseModel):
     """The original clients send the action as {"action_str": "..."}."""
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     action_str: str
 
 
 class StepRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    session_id: Text | None = Field(None, max_length=64, description="the session; if left out, the one the "
-                                    f"{COOKIE} cookie names (openenv-core 0.1's client sends no id)")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    session_id: Text | None = Field(None, min_length=1, max_length=64,
+                                    description=f"the session; if left out, the one the {COOKIE} cookie names "
+                                                "(openenv-core 0.1's client sends no id)")
     action: str | ActionObject
     include_screenshot: bool = False
     include_pruned_html: bool = False
@@ -98,8 +105,8 @@ class StepRequest(BaseModel):
 
 
 class CloseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    session_id: Text = Field(..., max_length=64)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    session_id: Text = Field(..., min_length=1, max_length=64)
 
 
 # ---- what GET /schema documents -------------------------------------------------------------------
