@@ -65,6 +65,14 @@ def test_hostile_suite_is_large_enough():
     assert len(HOSTILE_ACTIONS) >= 50 and len(set(HOSTILE_ACTIONS)) == len(HOSTILE_ACTIONS)
 
 
+def test_cli_deadline_default_is_the_sessions_own():
+    from envserver import __main__ as cli
+    from envserver.session import SessionSettings
+
+    assert cli.STEP_DEADLINE == SessionSettings().step_deadline == DEADLINE
+    assert cli.parse_args([]).step_deadline_s == DEADLINE and cli.parse_args([]).evict_idle_s == 60.0
+
+
 def test_hostile_actions_never_5xx_nor_stall_and_the_session_stays_usable(envserver):
     with httpx.Client(base_url=envserver.url, timeout=DEADLINE + 30) as c:
         sid = c.post("/reset", json={"task": "enter-text", "seed": 3}).json()["session_id"]
@@ -195,10 +203,10 @@ def _threads(pid: int) -> int:
 
 
 def test_steps_past_the_deadline_cost_only_their_session_a_relaunch():
-    """Four sessions each run a step longer than the deadline at once (noop(9000), deadline 3 s): all four
-    answer 503 session_lost at the deadline, their browsers and threads are gone, and each session plays again."""
-    with running_server(4, "--step-deadline-s", "3") as server, httpx.Client(base_url=server.url, timeout=60) as c:
-        sids = [c.post("/reset", json={"seed": i}).json()["session_id"] for i in range(4)]
+    """Every session of the pool runs a step longer than the deadline at once (noop(9000), deadline 3 s): each
+    answers 503 session_lost at the deadline, the old browsers and threads are gone, and each session plays again."""
+    with running_server(2, "--step-deadline-s", "3") as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        sids = [c.post("/reset", json={"seed": i}).json()["session_id"] for i in range(2)]
         chromium_before = {p.pid for p in browser_processes(server.pid)}
 
         def play(action):
@@ -206,7 +214,7 @@ def test_steps_past_the_deadline_cost_only_their_session_a_relaunch():
                 started = time.monotonic()
                 r = c.post("/step", json={"session_id": sid, "action": action})
                 return r, time.monotonic() - started
-            with ThreadPoolExecutor(4) as pool:
+            with ThreadPoolExecutor(len(sids)) as pool:
                 return list(pool.map(send, sids))
 
         play("noop(0)")  # the server's request threads exist now, so that only session threads can change
@@ -227,7 +235,7 @@ def test_steps_past_the_deadline_cost_only_their_session_a_relaunch():
             assert out.status_code == 200, out.text
             assert c.post("/step", json={"session_id": sid, "action": "click('13')"}).json()["reward"] == 1.0
         metrics = c.get("/metrics").text
-        assert "envserver_sessions_lost_total 4.0" in metrics
+        assert "envserver_sessions_lost_total 2.0" in metrics
     _log_is_clean(server)
 
 

@@ -129,8 +129,8 @@ for url in sys.argv[1:]:
         state = env.state()
         again = env.reset(seed=2)  # a second episode on the same connection (the same session)
         state2 = env.state()
-    print(json.dumps({"goal": first.observation["goal"], "wrong": [wrong.reward, wrong.observation["last_action_error"]],
-                      "done": [done.reward, done.done], "state": state, "state2": state2}))
+    print(json.dumps({"goal": first.observation["goal"], "done": [done.reward, done.done], "state": state,
+                      "wrong": [wrong.reward, wrong.observation["last_action_error"]], "state2": state2}))
 """
 
 
