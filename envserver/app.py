@@ -235,6 +235,9 @@ def _session_call(session, fn, metrics: Metrics):
     try:
         return fn()
     except SessionLost as e:
+        if getattr(session, "closed", False):  # its client closed it while this request ran: not a lost browser
+            raise ApiError(404, "unknown_session", f"session {session.id!r} was closed while this request ran; "
+                                                   "POST /reset without session_id opens a new one") from None
         metrics.lost.inc()
         raise ApiError(503, "session_lost", f"{e}; POST /reset (same or no session_id) to recover",
                        session_id=session.id) from None

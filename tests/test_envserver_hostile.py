@@ -159,6 +159,18 @@ def test_a_flood_on_one_session_is_refused_not_queued(envserver):
     _log_is_clean(envserver)
 
 
+def test_closing_a_session_mid_step_answers_that_step_404(envserver):
+    with httpx.Client(base_url=envserver.url, timeout=60) as c:
+        sid = c.post("/reset", json={}).json()["session_id"]
+        with ThreadPoolExecutor(1) as pool:
+            step = pool.submit(c.post, "/step", json={"session_id": sid, "action": "noop(3000)"})
+            time.sleep(1)
+            assert c.post("/close", json={"session_id": sid}).json() == {"ok": True}
+            r = step.result()
+        assert r.status_code in (200, 404), r.text  # it finished first, or learns its session was closed
+    _log_is_clean(envserver)
+
+
 def test_hostile_websocket_messages_get_error_messages(envserver):
     url = envserver.url.replace("http://", "ws://") + "/ws"
     cases = [
