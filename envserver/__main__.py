@@ -4,6 +4,7 @@ or `python -m envserver --replay FILE` (a recording from `python -m envserver.re
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -95,8 +96,17 @@ def main(argv=None) -> None:
         settings.default_task = backend.tasks()[0]
     # h11 + wsproto on asyncio: the same stack whatever optional speedups happen to be installed
     uvicorn.run(create_app(settings, backend), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=30, loop="asyncio", http="h11", ws="wsproto",
+                timeout_graceful_shutdown=30, loop="asyncio", http="h11", ws=_websocket_protocol(),
                 ws_max_size=settings.max_body_bytes)
+
+
+def _websocket_protocol() -> str:
+    """wsproto (a dependency) serves /ws; an install without it still serves HTTP, and says why /ws is off."""
+    if importlib.util.find_spec("wsproto") is not None:
+        return "wsproto"
+    logging.getLogger(__name__).warning("wsproto is not installed: /ws (openenv-core 0.3's client) is disabled; "
+                                        "pip install wsproto")
+    return "none"
 
 
 if __name__ == "__main__":
