@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-ROUTES = {"/health", "/tasks", "/reset", "/step", "/close", "/metrics", "/state", "/schema", "/metadata", "/mcp", "/ws"}
+ROUTES = {"/health", "/tasks", "/reset", "/step", "/close", "/metrics", "/state", "/schema", "/metadata", "/mcp"}
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 
 

@@ -97,6 +97,22 @@ def test_hostile_actions_never_5xx_nor_stall_and_the_session_stays_usable(envser
     _log_is_clean(envserver)
 
 
+def test_hostile_actions_on_a_replay_server(small_replay):
+    """The browser-free backend answers the same strings through the same grammar: 200, never 5xx."""
+    with httpx.Client(base_url=small_replay.url, timeout=60) as c:
+        sid = c.post("/reset", json={"seed": 0}).json()["session_id"]
+        try:
+            for text in HOSTILE_ACTIONS:
+                r = c.post("/step", **_json({"session_id": sid, "action": text}))
+                assert r.status_code == 200, (text[:80], r.status_code, r.text[:300])
+                if r.json()["done"]:
+                    c.post("/reset", json={"session_id": sid, "seed": 0}).raise_for_status()
+            assert c.post("/step", json={"session_id": sid, "action": "click('13')"}).json()["reward"] == 1.0
+        finally:
+            c.post("/close", json={"session_id": sid})
+    _log_is_clean(small_replay)
+
+
 def _requests(sid: str) -> list[tuple[str, str, dict]]:
     """(method, path, httpx kwargs): malformed bodies, parameters, cookies and methods."""
     big = b"x" * (10 * 1024 * 1024)
@@ -126,8 +142,13 @@ def _requests(sid: str) -> list[tuple[str, str, dict]]:
     ]
 
 
-def test_malformed_requests_get_4xx_never_5xx(envserver):
-    with httpx.Client(base_url=envserver.url, timeout=60) as c:
+@pytest.fixture(params=["live", "replay"])
+def server(request):
+    return request.getfixturevalue("envserver" if request.param == "live" else "small_replay")
+
+
+def test_malformed_requests_get_4xx_never_5xx(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
         sid = c.post("/reset", json={}).json()["session_id"]
         try:
             for method, path, kwargs in _requests(sid):
@@ -139,7 +160,7 @@ def test_malformed_requests_get_4xx_never_5xx(envserver):
             assert c.post("/step", json={"session_id": sid, "action": "click('13')"}).json()["reward"] == 1.0
         finally:
             c.post("/close", json={"session_id": sid})
-    _log_is_clean(envserver)
+    _log_is_clean(server)
 
 
 def test_a_flood_on_one_session_is_refused_not_queued(envserver):

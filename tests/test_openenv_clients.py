@@ -24,7 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from envserver.record import record
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.browser
@@ -51,13 +50,9 @@ def client_venv(spec: str) -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def replay(tmp_path_factory):
-    """A replay server with 2 sessions over a small click-test recording."""
-    path = tmp_path_factory.mktemp("openenv-replay") / "click-test.jsonl.gz"
-    record(["click-test"], [0, 1, 2], path, sessions=1, depth=1, kinds=("click",))
-    with running_server(2, "--replay", str(path)) as server:
-        yield server
+@pytest.fixture
+def replay(small_replay):
+    return small_replay
 
 
 @pytest.fixture(params=["live", "replay"])
