@@ -116,9 +116,17 @@ def create_app(settings: ServerSettings, backend=None) -> FastAPI:
                 pool.supersede(cookie)  # see SessionPool.supersede
         with held as session:
             with metrics.timed("reset"):
-                observation, info = _session_call(
-                    session, lambda: session.reset(task, req.seed, req.include_screenshot, req.include_pruned_html),
-                    metrics)
+                try:
+                    observation, info = _session_call(
+                        session, lambda: session.reset(task, req.seed, req.include_screenshot,
+                                                       req.include_pruned_html), metrics)
+                except ApiError as e:
+                    if req.session_id:
+                        raise
+                    with contextlib.suppress(UnknownSession):  # its client never learnt this id: no lingering
+                        pool.close(session.id)
+                    raise ApiError(e.status, e.code, f"could not start an episode: {e.message.split('; POST')[0]}; "
+                                                     "POST /reset to try again") from None
             session.task_name, session.episode = task, Episode(task, req.seed, req.episode_id)
             _remember(session, observation)
         metrics.resets.labels(task).inc()

@@ -198,7 +198,7 @@ class _Worker:
     `kill()` tears it down from outside: it kills Chromium, so the call blocked in it raises at once; the
     thread then closes what is left and stops its driver (Playwright's rule: in the thread that started it).
     The driver itself is not killed: when it was, Playwright 1.44's sync API often never returned from the
-    blocked call (its event loop had stopped with the connection), and those threads never exited."""
+    blocked call, and those threads never exited (seen here in repeated runs)."""
 
     def __init__(self, tag: str, settings: SessionSettings, generation: int):
         self.jobs: queue.Queue = queue.Queue()

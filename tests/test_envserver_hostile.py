@@ -286,9 +286,10 @@ def test_a_browser_that_cannot_relaunch_answers_503_never_500(tmp_path, monkeypa
         sid = c.post("/reset", json={}).json()["session_id"]
         flag.touch()
         assert c.post("/step", json={"session_id": sid, "action": "noop(5000)"}).status_code == 503
-        for body in ({"session_id": sid}, {}):  # the lost session, and a brand-new one
+        for body in ({"session_id": sid}, {}):  # the lost session, and a brand-new one (closed again, not kept)
             r = c.post("/reset", json=body)
             assert r.status_code == 503 and r.json()["error"]["code"] == "session_lost", r.text
+        assert c.get("/health").json()["active_sessions"] == 1
         flag.unlink()
         assert c.post("/reset", json={"session_id": sid}).status_code == 200
         assert c.post("/step", json={"session_id": sid, "action": "click('13')"}).json()["reward"] == 1.0
