@@ -24,8 +24,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import running_server
-
 pytestmark = pytest.mark.browser
 
 OPENENV_03 = "openenv-core==0.3.0"
