@@ -2,7 +2,8 @@
 
 A model's output is parsed with `ast` (never evaluated): exactly one call of an allowed BrowserGym
 high-level action, whose arguments are literal strings, numbers, booleans or lists of those, matched
-against the action's signature and bounded (no wait, coordinate or scroll that could stall a session).
+against the action's signature and bounded (no wait, coordinate, scroll, typed text or key combination that
+could stall a session).
 The accepted call is re-serialised from the parsed values, so a browser only ever receives text this
 module wrote.
 
@@ -24,6 +25,11 @@ MAX_WAIT_MS = 10_000  # noop(wait_ms): a session sleeps this long at most
 MAX_SCROLL_PX = 10_000  # scroll(delta_x, delta_y)
 DEFAULT_VIEWPORT = (332, 214)  # MiniWoB's viewport (BrowserGym); coordinates are bounded by the session's own
 MAX_LIST_ITEMS = 16  # modifiers, select_option's options
+# Typing is one key event per character: measured here, 1,900 characters took 24 s in one idle session.
+MAX_TYPED_CHARS = 256  # keyboard_type(text); fill and keyboard_insert_text insert text in one event
+MAX_KEYS = 6  # keys in one combination such as 'Control+Shift+a' ('a+' * 600 took 7 s)
+MAX_KEY_CHARS = 64  # the longest key name Playwright knows is 20 characters
+_KEY_PARAMS = {("press", "key_comb"), ("keyboard_press", "key"), ("keyboard_down", "key"), ("keyboard_up", "key")}
 
 Button = Literal["left", "middle", "right"]
 Modifier = Literal["Alt", "Control", "ControlOrMeta", "Meta", "Shift"]
@@ -165,7 +171,8 @@ def parse_action(text: object, allowed: tuple[str, ...] = DEFAULT_ACTIONS,
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte
-        raise ActionError(f"not a single Python-style call ({getattr(e, 'msg', e)}): expected e.g. click('13')") from None
+        why = getattr(e, "msg", e)
+        raise ActionError(f"not a single Python-style call ({why}): expected e.g. click('13')") from None
     except (RecursionError, MemoryError):
         raise ActionError("action is nested too deeply to parse") from None
     call = tree.body
@@ -218,6 +225,7 @@ def _check_signature(name: str, args: tuple, kwargs: tuple, viewport: tuple[int,
         if annotation is float:
             _check_number(name, param, value, viewport)
         _check_choices(name, param, annotation, value)
+        _check_length(name, param, value)
 
 
 def _check_number(name: str, param: str, value, viewport: tuple[int, int]) -> None:
@@ -225,7 +233,8 @@ def _check_number(name: str, param: str, value, viewport: tuple[int, int]) -> No
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ActionError(f"{name}(): {param} must be a number, got {value!r}")
     lo, hi, unit = _bounds(name, param, viewport)
-    if not (math.isfinite(value) and lo <= value <= hi):
+    # ints compare exactly (math.isfinite(10**400) would raise OverflowError); floats must also be finite
+    if not ((isinstance(value, int) or math.isfinite(value)) and lo <= value <= hi):
         raise ActionError(f"{name}(): {param} = {value!r} is out of range: expected a number in [{lo}, {hi}] {unit}")
 
 
@@ -236,6 +245,18 @@ def _bounds(name: str, param: str, viewport: tuple[int, int]) -> tuple[float, fl
         return -MAX_SCROLL_PX, MAX_SCROLL_PX, "(pixels)"
     axis = _COORDINATES[param]
     return 0, viewport[axis], f"(pixels inside the {viewport[0]}x{viewport[1]} viewport)"
+
+
+def _check_length(name: str, param: str, value) -> None:
+    """Text whose cost grows per character (typing, key combinations) is bounded: it could stall a session."""
+    if (name, param) == ("keyboard_type", "text") and len(value) > MAX_TYPED_CHARS:
+        raise ActionError(f"{name}(): {param} is {len(value)} characters long; at most {MAX_TYPED_CHARS} are typed "
+                          "(fill() or keyboard_insert_text() enter longer text at once)")
+    if (name, param) in _KEY_PARAMS:
+        keys = value.split("+")
+        if len(value) > MAX_KEY_CHARS or len(keys) > MAX_KEYS + 1:  # '+' itself is a key: 'Shift++'
+            raise ActionError(f"{name}(): {param} = {value[:40]!r} is out of range: expected at most {MAX_KEYS} "
+                              f"keys joined by '+' (e.g. 'Control+a'), {MAX_KEY_CHARS} characters in all")
 
 
 def _check_choices(name: str, param: str, annotation, value) -> None:

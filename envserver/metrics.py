@@ -22,6 +22,8 @@ class Metrics:
         self.lost = Counter("envserver_sessions_lost", "calls answered session_lost", registry=r)
         self.closed = Counter("envserver_sessions_closed", "sessions closed by clients", registry=r)
         self.reaped = Counter("envserver_sessions_reaped", "idle sessions closed by the reaper", registry=r)
+        self.evicted = Counter("envserver_sessions_evicted", "idle sessions closed to make room in a full pool",
+                               registry=r)
         self.replay_unrecorded = Counter("envserver_replay_unrecorded", "replay mode: actions with no recorded "
                                          "outcome, answered 'not recorded' with reward 0", registry=r)
         self.latency = Histogram("envserver_request_seconds", "HTTP request latency", ["route"],

@@ -1,4 +1,4 @@
-"""OpenEnv's runtime contract on top of the core routes: /metadata, /schema, /state and /mcp.
+"""OpenEnv's runtime contract on top of the core routes: /metadata, /schema, /state, /mcp and the /ws WebSocket.
 
 openenv-core's validator (`openenv validate <url>`, v0.3.0) checks: GET /openapi.json has info.version
 (profile openenv-http/1.x when it starts with "1."), GET /health says status "healthy", GET /metadata has
@@ -10,6 +10,11 @@ tools/call, and OpenEnv's openenv/session/create|close. Its tools drive the same
 same handlers as /reset, /step and /close, so every action, whichever tool it came through, is parsed by
 envserver.actions before the browser sees it. Tool names avoid reset/step/state/close, which OpenEnv
 reserves (RFC 003) for its own Gym-style API.
+
+/ws speaks the protocol of openenv-core 0.3's EnvClient (GenericEnvClient and every typed client built on it):
+JSON text messages {"type": "reset"|"step"|"state"|"close"|"mcp", "data": {...}}, answered by
+{"type": "observation"|"state"|"mcp"|"error", "data": {...}}. Each connection has its own session, opened by
+its first reset and closed when the socket closes, however it closes.
 """
 
 from __future__ import annotations
@@ -19,15 +24,26 @@ import json
 import logging
 from typing import Any, Callable
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import API_VERSION, __version__
 from .grammar import DEFAULT_ACTIONS, SIGNATURES
-from .pool import UnknownSession
-from .schemas import Action, ApiError, CloseRequest, EpisodeState, Observation, ResetRequest, StepRequest
+from .schemas import (
+    Action,
+    ActionObject,
+    ApiError,
+    CloseRequest,
+    EpisodeState,
+    Observation,
+    ResetRequest,
+    SessionCookie,
+    StepRequest,
+    error_responses,
+    safe_text,
+)
 
 NAME = "bgwork-envserver"
 DESCRIPTION = ("Offline BrowserGym MiniWoB++ environments (125 tasks, real Chromium), many sessions in parallel. "
@@ -42,9 +58,10 @@ log = logging.getLogger(__name__)
 
 # ---- routes -----------------------------------------------------------------------------------------------
 
-def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Callable) -> None:
-    """Register the OpenEnv routes; reset/step/close are the core route handlers (request model -> dict)."""
-    pool, settings = app.state.pool, app.state.settings
+def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Callable, hold: Callable) -> None:
+    """Register the OpenEnv routes. reset/step/close take the core request models (and the client's cookie)
+    and return the core answers; hold(session_id, cookie) is a context manager that yields the session."""
+    settings = app.state.settings
     mcp = McpServer(reset, step, close)
 
     @app.get("/metadata")
@@ -57,18 +74,13 @@ def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Cal
         return {"action": Action.model_json_schema(), "observation": Observation.model_json_schema(),
                 "state": EpisodeState.model_json_schema()}
 
-    @app.get("/state")
-    def state(session_id: str = Query(..., max_length=64, description="the session (many run at once)")) -> dict:
-        try:
-            session = pool.get(session_id)
-        except UnknownSession as e:
-            raise ApiError(404, "unknown_session", str(e)) from None
-        episode, obs = session.episode, session.last_obs
-        if episode is None:
-            raise ApiError(409, "not_reset", "this session has no episode yet: POST /reset with its session_id first")
-        return EpisodeState(episode_id=episode.episode_id, step_count=episode.step_count, session_id=session.id,
-                            task_name=episode.task, seed=episode.seed, goal=obs["goal"], url=obs["url"],
-                            cum_reward=episode.cum_reward, done=episode.done).model_dump()
+    @app.get("/state", responses=error_responses(404, 409, 422))
+    def state(session_id: str | None = Query(None, min_length=1, max_length=64,
+                                              description="the session (many run at once); if left out, the one "
+                                                          "the envserver_session cookie names"),
+              envserver_session: SessionCookie = None) -> dict:
+        with hold(session_id, envserver_session) as session:
+            return _state(session)
 
     @app.post("/mcp")
     async def mcp_endpoint(request: Request) -> Response:
@@ -78,6 +90,136 @@ def add_openenv_routes(app: FastAPI, reset: Callable, step: Callable, close: Cal
             return JSONResponse(_error(None, PARSE_ERROR, "request body is not valid JSON"))
         reply = await run_in_threadpool(mcp.handle, message)  # tools block on a browser
         return Response(status_code=202) if reply is None else JSONResponse(reply)
+
+    @app.websocket("/ws")
+    async def ws_endpoint(websocket: WebSocket) -> None:
+        await WsSession(websocket, settings, reset, step, close, hold, mcp).serve()
+
+
+def _state(session) -> dict:
+    episode, obs = session.episode, session.last_obs
+    if episode is None:
+        raise ApiError(409, "not_reset", "this session has no episode yet: POST /reset with its session_id first")
+    return EpisodeState(episode_id=episode.episode_id, step_count=episode.step_count, session_id=session.id,
+                        task_name=episode.task, seed=episode.seed, goal=obs["goal"], url=obs["url"],
+                        cum_reward=episode.cum_reward, done=episode.done).model_dump()
+
+
+# ---- /ws: openenv-core 0.3's EnvClient --------------------------------------------------------------------
+
+# openenv-core's WSErrorCode values; our own code and HTTP status ride along as `error` and `status`.
+WS_CODES = {400: "VALIDATION_ERROR", 422: "VALIDATION_ERROR", 404: "SESSION_ERROR", 409: "EXECUTION_ERROR",
+            429: "CAPACITY_REACHED", 503: "SESSION_ERROR"}
+
+
+class WsSession:
+    """One WebSocket connection and the session it owns (opened by its first reset, closed with the socket)."""
+
+    def __init__(self, websocket: WebSocket, settings, reset: Callable, step: Callable, close: Callable,
+                 hold: Callable, mcp: "McpServer"):
+        self.ws, self.settings = websocket, settings
+        self.reset, self.step, self.close, self.hold, self.mcp = reset, step, close, hold, mcp
+        self.session_id: str | None = None
+
+    async def serve(self) -> None:
+        from .app import authorized  # the same bearer token as HTTP
+
+        if self.settings.token and not authorized(self.ws.headers, self.settings.token):
+            await self.ws.close(code=1008, reason="missing or wrong bearer token (Authorization: Bearer ...)")
+            return
+        await self.ws.accept()
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    text = (message.get("bytes") or b"").decode("utf-8", "replace")
+                reply, done = await run_in_threadpool(self.handle, text)
+                await self.ws.send_text(json.dumps(reply))
+                if done:
+                    await self.ws.close()
+                    break
+        except Exception:  # noqa: BLE001 - the client went away mid-send, or worse: log it, never crash ASGI
+            log.warning("websocket session %s ended abnormally", self.session_id, exc_info=True)
+        finally:
+            if self.session_id is not None:
+                await run_in_threadpool(self._close_session)
+
+    def handle(self, text: str) -> tuple[dict, bool]:
+        """One message -> (reply, whether the connection ends)."""
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            return _ws_error(f"Invalid JSON: {str(e)[:200]}", "INVALID_JSON"), False
+        if not isinstance(message, dict):
+            return _ws_error("a message is a JSON object {\"type\": ..., \"data\": {...}}", "VALIDATION_ERROR"), False
+        kind, data = message.get("type"), message.get("data", {})
+        data = {} if data is None else data
+        if not isinstance(data, dict) and kind != "mcp":
+            return _ws_error("data must be an object", "VALIDATION_ERROR"), False
+        try:
+            if kind == "reset":
+                return {"type": "observation", "data": self._reset(data)}, False
+            if kind == "step":
+                return {"type": "observation", "data": self._step(data)}, False
+            if kind == "state":
+                with self.hold(self._require_session(), None) as session:
+                    return {"type": "state", "data": _state(session)}, False
+            if kind == "mcp":
+                return {"type": "mcp", "data": self.mcp.handle(data)}, False
+            if kind == "close":
+                return {"type": "closed", "data": {"session_id": self.session_id}}, True
+        except ApiError as e:
+            return _ws_error(e.message, WS_CODES.get(e.status, "EXECUTION_ERROR"), status=e.status, error=e.code,
+                             **e.extra), False
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            return _ws_error(f"Invalid message: {problems}", "VALIDATION_ERROR"), False
+        return _ws_error(f"Unknown message type: {safe_text(str(kind))[:100]} (expected reset, step, state, close "
+                         "or mcp)", "UNKNOWN_TYPE"), False
+
+    def _reset(self, data: dict) -> dict:
+        if "session_id" in data:
+            raise ApiError(422, "invalid_request", "data.session_id: the connection's session is implicit; "
+                                                   "open another connection for another session")
+        request = ResetRequest.model_validate({**data, "session_id": self.session_id})
+        try:
+            out = self.reset(request)
+        except ApiError as e:
+            if e.status != 404 or self.session_id is None:
+                raise
+            self.session_id = None  # evicted or reaped while the socket idled: start a new one
+            out = self.reset(request.model_copy(update={"session_id": None}))
+        self.session_id = out["session_id"]
+        return out
+
+    def _step(self, data: dict) -> dict:
+        options = {k: data[k] for k in ("include_screenshot", "include_pruned_html") if k in data}
+        if "action_str" in data:  # OpenEnv's BrowserGymAction: {action_str, metadata}
+            action = ActionObject.model_validate(data)
+        elif "action" in data:
+            action = data["action"]
+        else:
+            raise ApiError(422, "invalid_request",
+                           "data.action_str is required, e.g. {\"action_str\": \"click('13')\"}")
+        return self.step(StepRequest(session_id=self._require_session(), action=action, **options))
+
+    def _require_session(self) -> str:
+        if self.session_id is None:
+            raise ApiError(409, "not_reset", "this connection has no episode yet: send {\"type\": \"reset\"} first")
+        return self.session_id
+
+    def _close_session(self) -> None:
+        try:
+            self.close(CloseRequest(session_id=self.session_id))
+        except ApiError:  # already evicted or reaped
+            pass
+
+
+def _ws_error(message: str, code: str, **extra: Any) -> dict:
+    return {"type": "error", "data": {"message": safe_text(message), "code": code, **extra}}
 
 
 # ---- MCP over JSON-RPC ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A bounded pool of sessions (browser or replay), with idle reaping. Closed ids are never reused (uuid4) nor revived.
+"""A bounded pool of sessions (browser or replay), with idle eviction and reaping. Closed ids are never reused
+(uuid4) nor revived.
 
 A session is whatever the backend's `new_session(session_id)` makes: it has `id`, `last_used` (monotonic
 seconds) and `close()`.
@@ -7,11 +8,12 @@ seconds) and `close()`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -48,87 +50,169 @@ class PoolFull(RuntimeError):
     pass
 
 
+class SessionBusy(RuntimeError):
+    """Another request is using this session: a session plays one action at a time."""
+
+
 class UnknownSession(KeyError):
-    def __init__(self, session_id: str, closed: bool):
-        self.session_id, self.closed = session_id, closed
-        super().__init__(f"session {session_id!r} {'was closed' if closed else 'does not exist'}; "
+    def __init__(self, session_id: str, why: str | None):
+        self.session_id, self.closed = session_id, why is not None
+        super().__init__(f"session {session_id!r} {why or 'does not exist'}; "
                          "POST /reset without session_id opens a new one")
 
     def __str__(self) -> str:
         return self.args[0]
 
 
+@dataclass
+class _Entry:
+    session: Any
+    busy: threading.Lock = field(default_factory=threading.Lock)
+    by_id: bool = False  # some request named it by session_id
+    by_cookie: bool = False  # some request reached it through the cookie alone (openenv-core 0.1's client)
+    superseded: bool = False  # its cookie client has moved on to a newer session: evicted first
+
+
 class SessionPool:
-    def __init__(self, max_sessions: int, idle_timeout: float, new_session: Callable[[str], Any], on_reap=None):
+    """At most `max_sessions` sessions. When full, a new session evicts the least recently used idle one:
+    first any that its cookie-only client has left behind (superseded), then any idle >= `evict_idle` s.
+    Independently, a reaper closes sessions idle > `idle_timeout` s. Busy sessions are never taken."""
+
+    def __init__(self, max_sessions: int, idle_timeout: float, new_session: Callable[[str], Any], on_reap=None,
+                 evict_idle: float = 60.0, on_evict=None):
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self.evict_idle = evict_idle
         self._new_session = new_session
-        self._sessions: dict[str, Any] = {}
-        self._closed_ids: collections.OrderedDict[str, None] = collections.OrderedDict()  # bounded memory
+        self._entries: dict[str, _Entry] = {}
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> why (bounded memory)
         self._reserved = 0
         self._lock = threading.Lock()
-        self._on_reap = on_reap
+        self._on_reap, self._on_evict = on_reap, on_evict
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
         self._reaper.start()
 
     @property
     def active(self) -> int:
-        return len(self._sessions)
+        return len(self._entries)
 
-    def create(self):
+    def get(self, session_id: str):
         with self._lock:
-            if len(self._sessions) + self._reserved >= self.max_sessions:
-                raise PoolFull(f"all {self.max_sessions} sessions are in use; close one or retry later")
+            return self._entry(session_id).session
+
+    @contextlib.contextmanager
+    def create(self):
+        """A new session, held (busy) for the caller until the `with` ends. PoolFull if nothing can be evicted."""
+        with self._lock:
+            victim = None
+            if len(self._entries) + self._reserved >= self.max_sessions:
+                victim = self._evictable()
+                if victim is None:
+                    raise PoolFull(f"all {self.max_sessions} sessions are in use (none idle for {self.evict_idle:g} s, "
+                                   "the eviction threshold); close one or retry later")
+                idle = time.monotonic() - victim.session.last_used
+                self._forget(victim.session.id, f"was evicted (idle {idle:.0f} s while the pool was full)")
             self._reserved += 1
+        if victim is not None:
+            log.info("evicting idle session %s", victim.session.id)
+            if self._on_evict:
+                self._on_evict()
+            _close_in_background(victim.session)
         try:
             session = self._new_session(uuid.uuid4().hex)  # a browser starts outside the lock
         finally:
             with self._lock:
                 self._reserved -= 1
+        entry = _Entry(session)
+        entry.busy.acquire()
         with self._lock:
-            self._sessions[session.id] = session
-        return session
+            self._entries[session.id] = entry
+        try:
+            yield session
+        finally:
+            session.last_used = time.monotonic()
+            entry.busy.release()
 
-    def get(self, session_id: str):
+    @contextlib.contextmanager
+    def hold(self, session_id: str, by_cookie: bool = False):
+        """The session, for this caller alone until the `with` ends; SessionBusy while another request has it."""
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                raise UnknownSession(session_id, closed=session_id in self._closed_ids)
-            return session
+            entry = self._entry(session_id)
+            if not entry.busy.acquire(blocking=False):
+                raise SessionBusy(f"session {session_id!r} is busy with another request; a session plays one "
+                                  "action at a time: wait for that answer")
+            entry.by_cookie, entry.by_id = entry.by_cookie or by_cookie, entry.by_id or not by_cookie
+            entry.session.last_used = time.monotonic()
+        try:
+            yield entry.session
+        finally:
+            entry.session.last_used = time.monotonic()
+            entry.busy.release()
+
+    def supersede(self, session_id: str) -> None:
+        """Its cookie client opened a newer session: a session only ever reached through that cookie is now
+        unreachable for it, so it goes first when the pool is full."""
+        with self._lock:
+            entry = self._entries.get(session_id)
+            if entry is not None and entry.by_cookie and not entry.by_id:
+                entry.superseded = True
 
     def close(self, session_id: str) -> None:
-        self._remove(session_id).close()
-
-    def _remove(self, session_id: str):
-        """Take the session out of the pool (its id is then closed for good); the caller closes its browser."""
         with self._lock:
-            session = self._sessions.pop(session_id, None)
-            if session is None:
-                raise UnknownSession(session_id, closed=session_id in self._closed_ids)
-            self._closed_ids[session_id] = None
-            while len(self._closed_ids) > 100_000:
-                self._closed_ids.popitem(last=False)
-        return session
+            session = self._entry(session_id).session
+            self._forget(session_id, "was closed")
+        session.close()
 
     def close_all(self) -> None:
         self._stop.set()
-        for sid in list(self._sessions):
-            try:
-                self.close(sid)
-            except UnknownSession:
-                pass
+        with self._lock:
+            sessions = [e.session for e in self._entries.values()]
+            for s in sessions:
+                self._forget(s.id, "was closed (server shutdown)")
+        for s in sessions:
+            s.close()
+
+    def _entry(self, session_id: str) -> _Entry:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            raise UnknownSession(session_id, self._gone.get(session_id))
+        return entry
+
+    def _forget(self, session_id: str, why: str) -> None:
+        """Take it out of the pool (under the lock); its id is never valid again. The caller closes it."""
+        self._entries.pop(session_id)
+        self._gone[session_id] = why
+        while len(self._gone) > 100_000:
+            self._gone.popitem(last=False)
+
+    def _evictable(self) -> _Entry | None:
+        """Under the lock: the superseded or longest-idle session that is idle, and now held for removal."""
+        now = time.monotonic()
+        candidates = sorted((e for e in self._entries.values()
+                             if e.superseded or now - e.session.last_used >= self.evict_idle),
+                            key=lambda e: (not e.superseded, e.session.last_used))
+        for entry in candidates:
+            if entry.busy.acquire(blocking=False):  # never released: the session leaves the pool
+                return entry
+        return None
 
     def _reap_loop(self) -> None:
         while not self._stop.wait(min(5.0, max(self.idle_timeout / 4, 0.05))):
             now = time.monotonic()
-            idle = [s.id for s in list(self._sessions.values()) if now - s.last_used > self.idle_timeout]
-            for sid in idle:
-                log.info("reaping idle session %s", sid)
-                try:
-                    session = self._remove(sid)
-                except UnknownSession:
-                    continue
+            reaped = []
+            with self._lock:
+                for entry in list(self._entries.values()):
+                    if now - entry.session.last_used > self.idle_timeout and entry.busy.acquire(blocking=False):
+                        self._forget(entry.session.id, f"was reaped (idle over {self.idle_timeout:g} s)")
+                        reaped.append(entry.session)
+            for session in reaped:
+                log.info("reaping idle session %s", session.id)
                 if self._on_reap:  # counted as the session leaves the pool, not after its browser is down
                     self._on_reap()
                 session.close()
+
+
+def _close_in_background(session) -> None:
+    """Closing a browser takes a moment: the request that evicted it should not wait for that."""
+    threading.Thread(target=session.close, name=f"close-{session.id[:8]}", daemon=True).start()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ["trl", "datasets", "papermill", "nbconvert", "nbformat", "nbclient", "ipykernel", "jupytext", "tbparse",
-          "fastapi", "uvicorn", "pydantic", "pyyaml", "httpx", "prometheus-client", "ipywidgets", "tqdm", "psutil"]
+          "fastapi", "uvicorn", "wsproto", "pydantic", "pyyaml", "httpx", "prometheus-client", "ipywidgets", "tqdm",
+          "psutil"]
 # What a CUDA PyTorch image has (measured-facts.md, 2026-11-27), and what must never be swapped under it.
 PRESENT = {"torch", "triton", "numpy", "pandas", "pyarrow", "matplotlib", "transformers", "tokenizers",
            "safetensors", "huggingface-hub", "accelerate", "peft", "tensorboard", "tensorboard-data-server",

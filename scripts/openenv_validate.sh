@@ -3,18 +3,24 @@
 # openenv-core pulls heavy dependencies (gradio, fastmcp, openai, ...), so it lives in its OWN venv,
 # never in .venv. Prints the validator's JSON report; exits non-zero unless every required criterion passed.
 #   bash scripts/openenv_validate.sh [REPORT.json]
-# Env: OPENENV_VENV (default ~/.cache/bgwork/openenv-venv), OPENENV_CORE (default openenv-core==0.3.0).
+# Env: OPENENV_CORE (default openenv-core==0.3.0), OPENENV_VENV (default $BGWORK_CACHE/venv-openenv-core-0.3.0,
+# BGWORK_CACHE defaulting to ~/.cache/bgwork: the venv tests/test_openenv_clients.py makes and uses too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${OPENENV_VENV:-$HOME/.cache/bgwork/openenv-venv}
 SPEC=${OPENENV_CORE:-openenv-core==0.3.0}
+VENV=${OPENENV_VENV:-${BGWORK_CACHE:-$HOME/.cache/bgwork}/venv-$(echo "$SPEC" | sed -E 's/[^A-Za-z0-9.]+/-/g')}
 REPORT=${1:-}
 
-if [ ! -x "$VENV/bin/openenv" ]; then
-  echo "creating $VENV with $SPEC (one-off, a few minutes)" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "$SPEC" >&2
-fi
+mkdir -p "$(dirname "$VENV")"
+(
+  flock 9  # the test suite may be building the same venv
+  if [ ! -f "$VENV/.complete" ]; then
+    echo "creating $VENV with $SPEC (one-off, a few minutes)" >&2
+    python3 -m venv --clear "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$SPEC" >&2
+    echo "$SPEC" > "$VENV/.complete"
+  fi
+) 9>"$VENV.lock"
 
 PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG=$(mktemp -t envserver-validate.XXXXXX.log)

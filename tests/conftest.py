@@ -66,3 +66,14 @@ def envserver():
 def client(envserver):
     with EnvClient(envserver.url) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def small_replay(tmp_path_factory):
+    """A replay server (2 sessions) over a small recording made here: click-test, seeds 0-2, clicks, depth 1."""
+    from envserver.record import record
+
+    path = tmp_path_factory.mktemp("small-replay") / "click-test.jsonl.gz"
+    record(["click-test"], [0, 1, 2], path, sessions=1, depth=1, kinds=("click",))
+    with running_server(2, "--replay", str(path)) as server:
+        yield server

@@ -77,6 +77,8 @@ def test_grammar_imports_no_browser_stack():
     ("noop(float('nan'))", "literal"),
     ("noop(1e999)", "out of range"),
     ("mouse_click(1e308, -1e308)", "x = 1e+308 is out of range"),
+    ("noop(1" + "0" * 400 + ")", "is out of range"),  # an int too large for a float: no OverflowError
+    ("scroll(-0x" + "f" * 500 + ", 0)", "delta_x = -"),
     ("mouse_click(10, 500)", "y = 500 is out of range: expected a number in [0, 214]"),
     ("mouse_drag_and_drop(0, 0, 333, 0)", "to_x = 333 is out of range"),
     ("scroll(0, 1e9)", "delta_y = 1000000000.0 is out of range"),
@@ -85,11 +87,22 @@ def test_grammar_imports_no_browser_stack():
     ("click('1', modifiers=[['Shift']])", "literal"),
     ("fill('1', 'x', enable_autocomplete_menu=1)", "must be True or False"),
     ("select_option('1', 3)", "quoted string or a list"),
+    ("keyboard_type('" + "x" * 257 + "')", "257 characters long; at most 256 are typed"),
+    ("keyboard_press('" + "a+" * 7 + "a')", "at most 6 keys joined by '+'"),
+    ("press('1', 'Shift+Shift+Shift+Shift+Shift+Shift+Shift+a')", "at most 6 keys"),
+    ("keyboard_down('" + "a" * 65 + "')", "64 characters in all"),
 ])
-def test_numbers_and_lists_are_bounded(text, fragment):
+def test_numbers_lists_and_typing_are_bounded(text, fragment):
     with pytest.raises(ActionError) as info:
         parse_action(text)
     assert fragment in str(info.value)
+
+
+def test_typing_and_key_bounds_leave_real_use_alone():
+    assert parse_action("keyboard_type('" + "x" * 256 + "')")
+    assert parse_action("fill('4', '" + "x" * 1900 + "')")  # one insertion, however long: not bounded by 256
+    for combo in ("Enter", "Control+a", "ControlOrMeta+Shift+ArrowLeft", "Shift++", "Control+Alt+Shift+Meta+a"):
+        assert parse_action(f"keyboard_press({combo!r})").args == (combo,)
 
 
 def test_coordinates_are_bounded_by_the_given_viewport():

@@ -84,7 +84,7 @@ def test_client_mistakes_get_4xx_with_a_reason(envserver, client):
         ("/reset", {"task": "clik-test"}, 400, "unknown_task"),
         ("/reset", {"seed": "x"}, 422, "invalid_request"),
         ("/reset", {"task": "click-test", "colour": 1}, 422, "invalid_request"),
-        ("/step", {"action": "noop()"}, 422, "invalid_request"),
+        ("/step", {"action": "noop()"}, 409, "no_session"),  # no session_id and no envserver_session cookie
         ("/step", {"session_id": "x", "action": 13}, 422, "invalid_request"),
         ("/step", {"session_id": "x", "action": "a" * 70_000}, 413, "body_too_large"),
     ]

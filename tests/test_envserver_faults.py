@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from bgwork.envclient import EnvClient, SessionLost
 from bgwork.solvers import solve
@@ -96,6 +98,12 @@ def test_token_is_checked_on_every_endpoint_but_health(monkeypatch):
         with EnvClient(url) as c:  # the client reads the same variable
             sid = c.reset("click-test")["session_id"]
             c.close(sid)
+        ws_url = url.replace("http://", "ws://") + "/ws"  # the WebSocket too
+        with pytest.raises(InvalidStatus):
+            ws_connect(ws_url).close()
+        with ws_connect(ws_url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            ws.send('{"type": "state"}')
+            assert "no episode yet" in ws.recv(timeout=30)
 
 
 @pytest.mark.browser

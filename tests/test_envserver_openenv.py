@@ -11,11 +11,14 @@ import json
 import pathlib
 import re
 import subprocess
+import sys
 
 import httpx
 import mcp
 import mcp.types
 import pytest
+
+from tests.conftest import running_server
 
 CLICK_ME = re.compile(r"\[(\d+)\] button 'Click Me!'")
 
@@ -120,8 +123,11 @@ def test_state_follows_the_episode(http):
         http.post("/close", json={"session_id": sid})
     gone = http.get("/state", params={"session_id": sid})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_session"
+    by_cookie = http.get("/state")  # no query: the session the last /reset's cookie named
+    assert by_cookie.status_code == 404 and sid in by_cookie.json()["error"]["message"]
+    http.cookies.clear()
     missing = http.get("/state")
-    assert missing.status_code == 422 and "session_id" in missing.json()["error"]["message"]
+    assert missing.status_code == 409 and "session_id" in missing.json()["error"]["message"]
 
 
 # ---- /mcp --------------------------------------------------------------------------------------------------
@@ -249,3 +255,16 @@ def test_openenv_validator_passes_every_required_criterion(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["standard_profile"] == "openenv-http/1.x" and report["mode"] == "simulation"
     assert report["summary"]["required_passed_count"] == report["summary"]["required_total_count"] >= 6
+
+
+@pytest.mark.browser
+def test_schemathesis_finds_the_schema_true(tmp_path):
+    """schemathesis (every default check: status codes, content types, response schemas, positive and negative
+    data, unsupported methods...) against a live server on loopback, bounded examples, fixed seed."""
+    with running_server(1, "--evict-idle-s", "0") as server:  # every new session may evict the last one
+        out = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
+                              "--max-examples", "5", "--seed", "15", "--workers", "1", "--request-timeout", "60",
+                              "--no-color"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        log = open(server.log_path, errors="replace").read()
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "Exception in ASGI application" not in log and "internal error on" not in log, log[-3000:]

@@ -32,16 +32,18 @@ def server_left(url):
 
 
 def test_smoke_passes_and_reports(tmp_path):
-    out = bgwork_run(tmp_path, "-p", "smoke.tasks=[click-test]")
+    out = bgwork_run(tmp_path, "-p", "smoke.tasks=[click-test,choose-date]")  # choose-date: no scripted solver
     assert out.returncode == 0, out.stderr[-3000:]
     (d,) = (tmp_path / "runs").iterdir()
     report = d / "01_env_smoke_test.html"
     assert f"report: {report}" in out.stdout
     metrics = json.loads((d / "metrics.json").read_text())
-    assert metrics["smoke/passed"] is True and metrics["smoke/checks_total"] == 7  # 2 server + 5 per task
+    assert metrics["smoke/passed"] is True and metrics["smoke/checks_total"] == 12  # 2 server + 5 per task
+    assert (metrics["smoke/checks_skipped"], metrics["smoke/checks_passed"]) == (1, 11)  # solving choose-date
     assert metrics["smoke/reset_seconds_mean"] > 0 and metrics["smoke/step_seconds_mean"] > 0
     html = report.read_text()
     assert "malformed action refused" in html and "data:image/png;base64," in html  # table and chart
+    assert "skipped: no scripted solver" in html and "1 skipped" in html
     assert "tasks: 100%" in html and "tasks:   0%" not in html  # headless text bar: only its final state
     assert (d / "envserver.log").exists()
     assert not server_left(metrics["smoke/env_url"]), "the embedded envserver is still running"

@@ -40,7 +40,8 @@ def test_notebook_sections_validate_like_a_file():
 @pytest.mark.parametrize("text, expected", [
     ("env:\n  max_sesions: 2\n", r"p.yaml: unknown key 'env.max_sesions' \(did you mean 'env.max_sessions'\?\); "
                                  r"allowed keys: url, token, max_sessions"),
-    ("env:\n  max_sessions: 2000\n", r"p.yaml: env.max_sessions = 2000 is not allowed: expected an integer in \[1, 1024\]"),
+    ("env:\n  max_sessions: 2000\n",
+     r"p.yaml: env.max_sessions = 2000 is not allowed: expected an integer in \[1, 1024\]"),
     ("env:\n  max_sessions: two\n", r"env.max_sessions = 'two' is not allowed: expected an integer"),
     ("env:\n  url: 5\n", r"env.url = 5 is not allowed: expected a string or null"),
     ("smoke:\n  tasks: click-test\n", r"smoke.tasks = 'click-test' is not allowed: expected a list"),

@@ -6,7 +6,6 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -49,17 +48,14 @@ def test_recording_says_what_it_holds_and_its_limits(recording):
     assert click_test["states"][0]["a"]["click('13', 'left', [])"][:3] == [1.0, True, False]
 
 
-def test_replay_starts_fast_says_what_it_is_and_needs_no_browser(recording):
-    code = ("import sys, time; t = time.perf_counter(); from envserver.app import ServerSettings, create_app; "
-            f"create_app(ServerSettings(replay={str(recording)!r})); print(time.perf_counter() - t); "
+def test_replay_says_what_it_is_and_needs_no_browser(recording):
+    """(How fast it starts is benchmarks/replay_start.py's question, not a test's.)"""
+    code = ("import sys; from envserver.app import ServerSettings, create_app; "
+            f"create_app(ServerSettings(replay={str(recording)!r})); "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('playwright', 'browsergym')]")
-    seconds = float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-    assert seconds < 2.0, seconds
-    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
     with running_server(2, "--replay", str(recording)) as server:
-        up = time.perf_counter() - started
         health = httpx.get(server.url + "/health").json()
-    assert up < 5, up  # process start + uvicorn + first /health; the app itself is timed above
     assert health["mode"] == "replay" and health["browser"] is None
     assert health["replay"]["file"] == str(recording) and health["replay"]["episodes"] == 12
 
