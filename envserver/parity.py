@@ -17,6 +17,7 @@ import random
 import re
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -95,16 +96,20 @@ def _open_action(replay: httpx.Client, task: str, seed: int, bids, kinds, rng) -
     return None
 
 
-def compare(live_url: str, replay_url: str, n: int, seed: int = 0, timeout: float = 120) -> dict:
-    """The parity report: agreement overall, by kind, one- vs two-step, and the disagreements."""
+def compare(live_url: str, replay_url: str, n: int, seed: int = 0, timeout: float = 120, workers: int = 4) -> dict:
+    """The parity report: agreement overall, by kind, one- vs two-step, and the disagreements. `workers`
+    samples are played at once (each on its own session of both servers)."""
     with httpx.Client(base_url=live_url, timeout=timeout) as live, \
             httpx.Client(base_url=replay_url, timeout=timeout) as replay:
         samples = draw(replay, n, seed)
-        rows = []
-        for smp in samples:
+
+        def row(smp: Sample) -> dict:
             want, got = answer(live, smp), answer(replay, smp)
             fields = [f for f in ("reward", "done", "error", "text") if want[f] != got[f]]
-            rows.append({"sample": smp, "agree": not fields, "differs": fields, "live": want, "replay": got})
+            return {"sample": smp, "agree": not fields, "differs": fields, "live": want, "replay": got}
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(row, samples))
     return summarize(rows)
 
 

@@ -123,6 +123,7 @@ def test_parity_with_the_live_browser_small_set(envserver, replay):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 54 episodes recorded, then 320 samples played on both servers (~10 min quiet)
 def test_parity_with_the_live_browser_300_samples(tmp_path):
     """>= 300 (task, seed, action) samples over the default task set, one- and two-step: >= 99 % agree."""
     from envserver.record import DEFAULT_TASKS
