@@ -224,7 +224,8 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     """Train under the training lock of the run dir (and of the run dir a resumed checkpoint lives in); resumes
     into the checkpoint's own output dir.
 
-    `after_warm_start(resolved)`, if given, runs between a fresh warm start and GRPO (e.g. an evaluation).
+    `after_warm_start(resolved)`, if given, runs between the warm start (a fresh one, or the one a resumed run
+    reloads) and GRPO (e.g. an evaluation).
     When the env server stays away past env.outage_timeout_s, the steps done so far are saved as a checkpoint
     before the error (bgwork.outage.EnvOutage) is raised."""
     from bgwork.checkpoint_io import save_final
@@ -245,7 +246,13 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
         client = stack.enter_context(EnvClient.connect(env_url, params.env))
         warm_dir = output_dir / "warmstart"
         if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
-            resolved = resolve_model(str(warm_dir), dtype=dtype)
+            warm = resolve_model(str(warm_dir), dtype=dtype)
+            if resolved is None:
+                resolved = warm
+            else:  # the caller's handle is what it evaluates after training (notebook 03), as on a fresh start
+                resolved.model = warm.model
+            if after_warm_start:
+                after_warm_start(resolved)
         elif params.warmstart.episodes_per_task and not resume:
             resolved = resolved or resolve_model(params.model.name, dtype=dtype)
             adapter = lora_config(params.lora, resolved.model) if params.lora.enabled else None
