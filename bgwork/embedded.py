@@ -5,7 +5,8 @@
 
 The embedded server runs in its own process group (uvicorn + Playwright + Chromium) and is always stopped:
 on leaving the `with`, when the interpreter exits (weakref.finalize), and — on Linux — when the process
-that started it dies without cleaning up (a killed notebook kernel), through PR_SET_PDEATHSIG.
+that started it dies without cleaning up (a killed notebook kernel), through PR_SET_PDEATHSIG. That signal
+follows the starting *thread*: start a server from a thread that lives as long as the server should.
 """
 
 from __future__ import annotations
