@@ -101,6 +101,7 @@ class Run:
     checkpoints: tuple[Checkpoint, ...]
     lock: tuple[tuple[str, object], ...] | None = None  # the live TRAINING.lock, if any
     problems: tuple[str, ...] = ()  # entries skipped (symlinks, unreadable)
+    status: str | None = None  # how the `bgwork run` holding it ended (run.json: finished / failed / killed ...)
 
 
 def file_category(name: str) -> str:
@@ -215,7 +216,23 @@ def _read_run(run_dir: Path, ckpt_names: list[str], root: Path, cleanup: Cleanup
             problems.append(str(e))
     lock = active_lock(run_dir, root)
     name = str(run_dir.relative_to(root)) if run_dir != root else "."
-    return Run(str(run_dir), name, tuple(ckpts), tuple(sorted(lock.items())) if lock else None, tuple(problems))
+    return Run(str(run_dir), name, tuple(ckpts), tuple(sorted(lock.items())) if lock else None, tuple(problems),
+               _run_status(run_dir, root))
+
+
+def _run_status(path: Path, root: Path) -> str | None:
+    """The status in run.json of the nearest run dir holding `path` (reading it marks a dead runner's run killed)."""
+    from bgwork.runs import RUN_FILE, read_run
+
+    for d in [path, *path.parents]:
+        if (d / RUN_FILE).is_file():
+            try:
+                return (read_run(d) or {}).get("status")
+            except (OSError, ValueError):
+                return "unreadable"
+        if d == root or root not in d.parents:
+            return None
+    return None
 
 
 # --- the plan -------------------------------------------------------------------------------------------
@@ -333,7 +350,7 @@ def inventory_table(runs: list[Run], cleanup: CleanupParams | None = None):
              "model MB": c.model_bytes / 1e6, "optimizer MB": c.optimizer_bytes / 1e6,
              "other MB": c.other_bytes / 1e6, "total MB": c.total_bytes / 1e6,
              cleanup.metric: c.metric(cleanup.metric), cleanup.success_metric: c.metric(cleanup.success_metric),
-             "training": bool(r.lock), "incomplete": c.problem or ""}
+             "training": bool(r.lock), "run status": r.status, "incomplete": c.problem or ""}
             for r in runs for c in r.checkpoints]
     return pd.DataFrame(rows)
 

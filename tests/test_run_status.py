@@ -158,3 +158,26 @@ def test_runner_survives_its_disk_filling_up(tmp_path, small_disk):
     assert "first notebook ran" in (d / "first.html").read_text()  # what was complete is still there
     assert "could not be rendered (NotJSONError" in out.stderr  # papermill's last save was cut off
     assert not (d / "fills.html").exists()  # no room even for the plain page: no empty file posing as one
+
+
+def test_reading_a_dead_runners_dir_records_it_killed(tmp_path):
+    """Notebook 05's inventory reads the run dirs it walks: a run left "running" by a dead runner becomes killed.
+    A pid now held by a process younger than the run (pid reuse) counts as dead too."""
+    from ckpt_fixtures import make_run
+
+    from bgwork.checkpoints import inventory, inventory_table
+    from bgwork.runs import this_runner, write_json
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    runners = {"dead": {**this_runner(), "pid": int(gone.stdout)},
+               "reused": {**this_runner(), "started": time.time() - 86400},  # this pid, but a day "older" run
+               "alive": this_runner()}
+    for name, runner in runners.items():
+        make_run(tmp_path / name / "tiny-random-lfm2-browsergym-20260101T000000Z", [1])
+        write_json(tmp_path / name / "run.json", {"status": "running", "runner": runner,
+                                                   "notebooks": [{"name": "02_debug_run", "status": "running"}]})
+    runs = {r.name.split("/")[0]: r.status for r in inventory(tmp_path)}
+    assert runs == {"dead": "killed", "reused": "killed", "alive": "running"}
+    assert set(inventory_table(inventory(tmp_path))["run status"]) == {"killed", "running"}
+    dead = json.loads((tmp_path / "dead" / "run.json").read_text())
+    assert dead["status"] == "killed" and dead["notebooks"][0]["status"] == "killed" and dead["killed_detected_utc"]
