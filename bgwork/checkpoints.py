@@ -8,6 +8,10 @@ A "run" is a directory holding `checkpoint-<step>` dirs (TRL/transformers `outpu
 runs still training are never touched: training holds `bgwork.training_lock` on its run dir, and a live lock
 in the run dir or any parent below outputs/ counts. Nothing outside outputs/ and no symlink is ever deleted,
 followed or copied.
+
+An incomplete checkpoint (bgwork.checkpoint_io: no readable trainer_state.json, weights missing or cut off,
+or the hidden folder an interrupted save or deletion left) is never kept by the policy and never counted
+among the last/best: the plan offers it for deletion.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bgwork.checkpoint_io import checkpoint_problem, leftover_kind, remove_tree
 from bgwork.config import CleanupParams
 from bgwork.training_lock import active_lock
 
@@ -79,6 +84,7 @@ class Checkpoint:
     other_bytes: int
     files: tuple[tuple[str, int], ...]  # (relative path, bytes), sorted
     metrics: tuple[tuple[str, float], ...] = ()  # logged values at this step (see metrics_at_step)
+    problem: str | None = None  # why it is incomplete (bgwork.checkpoint_io.checkpoint_problem); None: complete
 
     @property
     def total_bytes(self) -> int:
@@ -95,6 +101,7 @@ class Run:
     checkpoints: tuple[Checkpoint, ...]
     lock: tuple[tuple[str, object], ...] | None = None  # the live TRAINING.lock, if any
     problems: tuple[str, ...] = ()  # entries skipped (symlinks, unreadable)
+    status: str | None = None  # how the `bgwork run` holding it ended (run.json: finished / failed / killed ...)
 
 
 def file_category(name: str) -> str:
@@ -111,6 +118,13 @@ def step_of(dirname: str) -> int | None:
     return int(num) if not prefix and num.isdigit() else None
 
 
+def leftover_step(dirname: str) -> int | None:
+    """The step of a `.saving-checkpoint-N` / `.deleting-checkpoint-N` folder an interrupted save or delete left."""
+    if not leftover_kind(dirname):
+        return None
+    return step_of(dirname.split("-", 1)[1]) if "-" in dirname else None
+
+
 def read_checkpoint(path: Path, metric: str, success_metric: str) -> Checkpoint:
     """A checkpoint's files by category, and the values of `metric` and `success_metric` logged at its step."""
     files, problems = _list_files(path)
@@ -121,9 +135,12 @@ def read_checkpoint(path: Path, metric: str, success_metric: str) -> Checkpoint:
         sizes[file_category(rel)] += size
     kind = "lora" if (path / "adapter_config.json").exists() else "full"
     step = step_of(path.name)
-    metrics = metrics_at_step(path / "trainer_state.json", step, [metric, success_metric])
+    if step is None:
+        step = leftover_step(path.name)
+    problem = checkpoint_problem(path)
+    metrics = {} if problem else metrics_at_step(path / "trainer_state.json", step, [metric, success_metric])
     return Checkpoint(str(path), step if step is not None else -1, kind, sizes["model"], sizes["optimizer"],
-                      sizes["other"], tuple(files), tuple(sorted(metrics.items())))
+                      sizes["other"], tuple(files), tuple(sorted(metrics.items())), problem)
 
 
 def metrics_at_step(trainer_state: Path, step: int | None, names: list[str]) -> dict[str, float]:
@@ -180,7 +197,8 @@ def inventory(root: str | Path | None = None, cleanup: CleanupParams | None = No
     runs = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
         ckpt_names = sorted((d for d in dirnames if step_of(d) is not None), key=step_of)
-        dirnames[:] = [d for d in dirnames if step_of(d) is None]  # don't descend into checkpoints
+        ckpt_names += sorted(d for d in dirnames if leftover_step(d) is not None)  # interrupted saves/deletions
+        dirnames[:] = [d for d in dirnames if d not in ckpt_names]  # don't descend into checkpoints
         if ckpt_names:
             runs.append(_read_run(Path(dirpath), ckpt_names, root, cleanup))
     return sorted(runs, key=lambda r: r.name)
@@ -198,7 +216,23 @@ def _read_run(run_dir: Path, ckpt_names: list[str], root: Path, cleanup: Cleanup
             problems.append(str(e))
     lock = active_lock(run_dir, root)
     name = str(run_dir.relative_to(root)) if run_dir != root else "."
-    return Run(str(run_dir), name, tuple(ckpts), tuple(sorted(lock.items())) if lock else None, tuple(problems))
+    return Run(str(run_dir), name, tuple(ckpts), tuple(sorted(lock.items())) if lock else None, tuple(problems),
+               _run_status(run_dir, root))
+
+
+def _run_status(path: Path, root: Path) -> str | None:
+    """The status in run.json of the nearest run dir holding `path` (reading it marks a dead runner's run killed)."""
+    from bgwork.runs import RUN_FILE, read_run
+
+    for d in [path, *path.parents]:
+        if (d / RUN_FILE).is_file():
+            try:
+                return (read_run(d) or {}).get("status")
+            except (OSError, ValueError):
+                return "unreadable"
+        if d == root or root not in d.parents:
+            return None
+    return None
 
 
 # --- the plan -------------------------------------------------------------------------------------------
@@ -269,7 +303,9 @@ def _why_untouched(run: Run, cleanup: CleanupParams) -> str | None:
 
 
 def _plan_run(run: Run, cleanup: CleanupParams) -> tuple[list[Action], list[tuple[str, str]]]:
-    by_step = sorted(run.checkpoints, key=lambda c: c.step)
+    actions = [Action("delete", c.path, c.files, f"incomplete: {c.problem}")
+               for c in run.checkpoints if c.problem]
+    by_step = sorted((c for c in run.checkpoints if not c.problem), key=lambda c: c.step)
     reasons: dict[str, list[str]] = {}
     for c in by_step[-cleanup.keep_last:] if cleanup.keep_last else []:
         reasons.setdefault(c.path, []).append(f"last {cleanup.keep_last}")
@@ -278,7 +314,7 @@ def _plan_run(run: Run, cleanup: CleanupParams) -> tuple[list[Action], list[tupl
     for c in ranked[:cleanup.keep_best]:
         reasons.setdefault(c.path, []).append(f"best {cleanup.metric}={c.metric(cleanup.metric):.4g}")
     latest = by_step[-1].path if by_step else None
-    actions, kept = [], []
+    kept = []
     for c in by_step:
         if c.path not in reasons:
             actions.append(Action("delete", c.path, c.files, "not among the last/best kept"))
@@ -314,7 +350,7 @@ def inventory_table(runs: list[Run], cleanup: CleanupParams | None = None):
              "model MB": c.model_bytes / 1e6, "optimizer MB": c.optimizer_bytes / 1e6,
              "other MB": c.other_bytes / 1e6, "total MB": c.total_bytes / 1e6,
              cleanup.metric: c.metric(cleanup.metric), cleanup.success_metric: c.metric(cleanup.success_metric),
-             "training": bool(r.lock)}
+             "training": bool(r.lock), "run status": r.status, "incomplete": c.problem or ""}
             for r in runs for c in r.checkpoints]
     return pd.DataFrame(rows)
 
@@ -343,7 +379,7 @@ def apply_plan(plan: Plan) -> list[str]:
     for action in plan.actions:
         ckpt = Path(action.checkpoint)
         if action.kind == "delete":
-            shutil.rmtree(ckpt)
+            remove_tree(ckpt)  # renamed first: a kill midway leaves a `.deleting-` leftover, not half a checkpoint
             removed.append(str(ckpt))
         else:
             for rel, _ in action.files:
@@ -356,7 +392,7 @@ def _check_action(action: Action, plan: Plan, root: Path) -> None:
     if action.kind not in ("delete", "slim"):
         raise CheckpointError(f"{action.checkpoint}: unknown action {action.kind!r}")
     ckpt = checked_path(action.checkpoint, root)
-    if step_of(ckpt.name) is None:
+    if step_of(ckpt.name) is None and not (action.kind == "delete" and leftover_step(ckpt.name) is not None):
         raise CheckpointError(f"{ckpt}: not a checkpoint-<step> directory; refused")
     for rel, _ in action.files:
         checked_path(ckpt / rel, root)
@@ -385,6 +421,8 @@ def copy_checkpoint(checkpoint: str | Path, dest: str | Path, *, slim: bool = Tr
     src = checked_path(checkpoint, root)
     if not (src / "config.json").exists() and not (src / "adapter_config.json").exists():
         raise CheckpointError(f"{src}: not a checkpoint (no config.json or adapter_config.json)")
+    if checkpoint_problem(src):
+        raise CheckpointError(f"{src}: incomplete checkpoint ({checkpoint_problem(src)}); refused")
     files, problems = _list_files(src)
     if problems:
         raise CheckpointError(f"{src}: {problems[0]}")
@@ -405,6 +443,6 @@ def copy_checkpoint(checkpoint: str | Path, dest: str | Path, *, slim: bool = Tr
 
 
 def latest_checkpoint(root: str | Path | None = None) -> Path | None:
-    """The newest checkpoint (by modification time) under root, for 'export the latest' defaults."""
-    ckpts = [Path(c.path) for r in inventory(root) for c in r.checkpoints]
+    """The newest complete checkpoint (by modification time) under root, for 'export the latest' defaults."""
+    ckpts = [Path(c.path) for r in inventory(root) for c in r.checkpoints if not c.problem]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None

@@ -1,4 +1,5 @@
 """Command line: `bgwork run NOTEBOOK... [-f params/X.yaml] [-p key=value]...` (also `python -m bgwork run ...`);
+`bgwork resume RUN_DIR` continues a failed or killed run; `bgwork status` says how runs ended;
 `bgwork lab` starts JupyterLab on the notebooks."""
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute notebooks headless into one run dir and render HTML reports")
     run_p.add_argument("notebooks", nargs="+", help="number prefix (01), name (01_env_smoke_test) or path")
+    resume_p = sub.add_parser("resume", help="continue a failed or killed run in its own run dir: its params.yaml, "
+                                             "from the notebook that did not finish, training from the newest "
+                                             "complete checkpoint")
+    resume_p.add_argument("run_dir", help="the run dir, e.g. outputs/runs/<time>__02_debug_run__debug")
+    status_p = sub.add_parser("status", help="how runs ended (finished / failed / killed / running), newest last")
+    status_p.add_argument("run_dirs", nargs="*", help="run dirs (default: every run under outputs/runs)")
     show_p = sub.add_parser("params", help="validate and print the resolved parameters")
     rec_p = sub.add_parser("record", help="record the params' tasks from real browsers for env.replay "
                                           "(python -m envserver.record)")
@@ -37,6 +44,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "lab":
             return _lab(args)
+        if args.command == "resume":
+            return _resume(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "params":
             print(yaml.safe_dump(to_dict(load_params(args.params_file, args.overrides)), sort_keys=False), end="")
             return 0
@@ -73,6 +84,34 @@ def _run(args) -> int:
         result = run(args.notebooks, args.params_file, args.overrides)
     except RunError as e:
         return _usage_error(e)
+    return _report(result)
+
+
+def _resume(args) -> int:
+    from bgwork.notebook_run import RunError, resume
+
+    try:
+        result = resume(args.run_dir)
+    except RunError as e:
+        return _usage_error(e)
+    return _report(result)
+
+
+def _status(args) -> int:
+    from pathlib import Path
+
+    from bgwork.runs import read_run, runs_root
+
+    dirs = [Path(d) for d in args.run_dirs] or sorted(p for p in runs_root().glob("*") if p.is_dir())
+    for d in dirs:
+        info = read_run(d)  # a run whose runner died is found (and recorded) killed here
+        state = info.get("status", "?") if info else "no run.json"
+        error = f"  {info['error']}" if info and info.get("error") and state != "finished" else ""
+        print(f"{state:>9}  {d}{error}")
+    return 0
+
+
+def _report(result) -> int:
     print(f"\nrun dir: {result.run_dir}")
     for nb in result.notebooks:
         if nb.status == "failed":
@@ -80,7 +119,7 @@ def _run(args) -> int:
         if nb.report:
             print(f"{nb.status:>7}  {nb.name}  report: {nb.report}")
         elif nb.status == "failed":
-            print(f" failed  {nb.name}  (no report: the notebook did not start)")
+            print(f" failed  {nb.name}  (no report: the notebook did not start, or it could not be written)")
         else:
             print(f"skipped  {nb.name}  (an earlier notebook failed)")
     return 0 if result.ok else 1

@@ -70,6 +70,13 @@ class EnvParams(_Section):
     replay: str | None = _f(None, "a recording (`bgwork record`, `python -m envserver.record`): the embedded server "
                                   "replays it instead of driving browsers (no Chromium needed, e.g. on a GPU node); "
                                   "relative to the project root")
+    step_deadline_s: float = _f(30.0, "embedded server: seconds a step may take; past it only that session's browser "
+                                "is relaunched (503 session_lost, the episode re-runs)", min=0.1)
+    evict_idle_s: float = _f(60.0, "embedded server: when its pool is full, a new session evicts the least recently "
+                             "used one idle at least this long", min=0.0)
+    outage_timeout_s: float = _f(120.0, "how long episodes lost to a server that went away wait for GET /health to "
+                                 "answer again before they re-run; past it a checkpoint is saved and training stops "
+                                 "with an error", min=0.0)
 
 
 @dataclass

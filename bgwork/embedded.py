@@ -5,7 +5,8 @@
 
 The embedded server runs in its own process group (uvicorn + Playwright + Chromium) and is always stopped:
 on leaving the `with`, when the interpreter exits (weakref.finalize), and — on Linux — when the process
-that started it dies without cleaning up (a killed notebook kernel), through PR_SET_PDEATHSIG.
+that started it dies without cleaning up (a killed notebook kernel), through PR_SET_PDEATHSIG. That signal
+follows the starting *thread*: start a server from a thread that lives as long as the server should.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class EmbeddedServer:
     """A `python -m envserver` child process; `.url` while it runs, `.stop()` ends its whole process group."""
 
     def __init__(self, env, log_path: str | Path | None = None, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = ()):
-        port = _free_port()
+                 extra_args: tuple[str, ...] = (), port: int | None = None):
+        """`port`: a fixed loopback port (e.g. to restart a server where its clients expect it); None: a free one."""
+        port = port or _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path or tempfile.mkstemp(prefix="envserver-", suffix=".log")[1])
         args = ["--host", "127.0.0.1", "--port", str(port), "--max-sessions", str(env.max_sessions),
                 "--pre-observation-delay", str(env.pre_observation_delay),
-                "--action-timeout-ms", str(env.action_timeout_ms), *replay_args(env), *extra_args]
+                "--action-timeout-ms", str(env.action_timeout_ms), "--step-deadline-s", str(env.step_deadline_s),
+                "--evict-idle-s", str(env.evict_idle_s), *replay_args(env), *extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(os.getpid()), *args],
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -27,16 +27,24 @@ class ServerUnavailable(EnvError):
 
 
 class EnvClient:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = EnvParams.request_timeout):
-        """`timeout`: seconds per call, by default the config's env.request_timeout."""
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = EnvParams.request_timeout,
+                 outage_timeout_s: float = EnvParams.outage_timeout_s):
+        """`timeout`: seconds per call; `outage_timeout_s`: how long a caller waits for this server to come back
+        (bgwork.outage); by default the config's env.request_timeout and env.outage_timeout_s."""
         token = token or os.environ.get("BGWORK_ENV_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
+        self.outage_timeout_s = outage_timeout_s
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+    @classmethod
+    def connect(cls, base_url: str, env: EnvParams) -> "EnvClient":
+        """A client with the token and timeouts of the run's `env` section."""
+        return cls(base_url, token=env.token, timeout=env.request_timeout, outage_timeout_s=env.outage_timeout_s)
+
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict[str, Any]:
         try:
-            r = self._http.request(method, path, json=body)
+            r = self._http.request(method, path, json=body, **({"timeout": timeout} if timeout else {}))
         except httpx.HTTPError as e:
             raise ServerUnavailable(0, "unavailable", f"{type(e).__name__} calling {self.base_url}{path}: {e}") from e
         if r.status_code < 400:
@@ -49,8 +57,8 @@ class EnvClient:
         cls = SessionLost if code == "session_lost" else ServerUnavailable if r.status_code in (502, 504) else EnvError
         raise cls(r.status_code, code, message)
 
-    def health(self) -> dict:
-        return self._call("GET", "/health")
+    def health(self, timeout: float | None = None) -> dict:
+        return self._call("GET", "/health", timeout=timeout)
 
     def tasks(self) -> list[str]:
         return self._call("GET", "/tasks")["tasks"]

@@ -23,6 +23,8 @@ SUCCESS_RATE = "success_rate"  # share of scored episodes that solved their task
 FORMAT_ERROR_RATE = "format_error_rate"  # share of actions that were not a well-formed call
 EPISODE_STEPS = "episode_steps"  # mean browser actions per episode
 ENV_RETRIES = "env_retries"  # mean re-runs per episode after infrastructure failures
+ENV_OUTAGE_S = "env/outage_s"  # seconds the step's rollout waited for an env server that went away (0: none)
+ENV_LOST = "env/frac_lost"  # share of episodes still lost after every re-run: unscored (reward None), never 0
 
 
 def per_task(metric: str, task: str) -> str:

@@ -1,12 +1,17 @@
-"""`bgwork run`: execute notebooks headless with papermill into one run dir and render HTML reports.
+"""`bgwork run`: execute notebooks headless with papermill into one run dir and render HTML reports;
+`bgwork resume RUN_DIR`: continue a run that failed or was killed, in that same dir.
 
 Order matters: notebooks and params are resolved and validated BEFORE the run dir exists, so a typo costs
-nothing and leaves nothing behind. A failing cell still leaves the executed notebook and its report.
+nothing and leaves nothing behind. A failing cell still leaves the executed notebook and its report; a notebook
+that cannot be rendered (cut off by a full disk) still gets a page saying so. Every run ends with a status in
+run.json: finished, failed (`error`, and `cause` such as ENOSPC), or killed (`bgwork.runs.read_run` notices).
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
+import json
 import logging
 import os
 import shlex
@@ -26,7 +31,7 @@ from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 from bgwork.params import load_params, to_dict
 from bgwork.progress import HEADLESS_ENV
-from bgwork.runs import PROJECT_ROOT, start_run, write_json
+from bgwork.runs import PROJECT_ROOT, RUN_FILE, read_run, start_run, this_runner, write_json
 
 KERNEL = "bgwork"  # registered in the venv by scripts/setup.sh; a notebook's own kernelspec is never trusted
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -41,7 +46,7 @@ class RunError(ValueError):
 class NotebookResult:
     name: str
     source: str
-    status: str = "pending"  # pending / ok / failed
+    status: str = "pending"  # pending / running / ok / failed (killed: found so by bgwork.runs.read_run)
     error: str | None = None
     seconds: float | None = None
     report: str | None = None
@@ -90,25 +95,111 @@ def run(specs: list[str], params_file: str | None = None, overrides=(), root: Pa
     result.notebooks = [NotebookResult(p.stem, str(p)) for p in paths]
     command = ["bgwork", "run", *specs, *(["-f", str(params_file)] if params_file else []),
                *[arg for item in overrides for arg in ("-p", item)]]
-    status = {"command": shlex.join(command), "started_utc": _now(), "status": "running"}
-    _write_status(result, status)
+    status = {"command": shlex.join(command), "started_utc": _now(), "status": "running", "runner": this_runner()}
+    return _run_notebooks(result, paths, to_dict(params), status)
 
-    with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1", "PYTHONPATH": _pythonpath()}):
-        log.info("run dir: %s", result.run_dir)
-        _warn_if_foreign_kernel()
-        for path, nb in zip(paths, result.notebooks):
-            _execute(path, nb, result.run_dir, to_dict(params))
-            _write_status(result, status)
-            if nb.status != "ok":
-                break
-    status.update(status="ok" if result.ok else "failed", finished_utc=_now())
+
+def resume(run_dir: str | Path) -> RunResult:
+    """Continue a failed or killed run in its own dir: the same params (its params.yaml), from its first notebook
+    that did not finish, training from the newest complete checkpoint; run.log is appended to."""
+    from bgwork.trainer import newest_run_checkpoint
+    from bgwork.training_lock import LOCK_NAME, read_lock
+
+    run_dir = Path(run_dir).absolute()
+    status = read_run(run_dir) if run_dir.is_dir() else None
+    if status is None:
+        raise RunError(f"{run_dir}: not a run dir of `bgwork run` (no {RUN_FILE})")
+    if status["status"] == "finished":
+        raise RunError(f"{run_dir}: finished already ({status.get('finished_utc')}); nothing to resume")
+    if status["status"] == "running":
+        who = status.get("runner") or {}
+        raise RunError(f"{run_dir}: still running (runner pid {who.get('pid', '?')} on {who.get('host', '?')}); "
+                       f"if that process is gone, it ran on another host or an older bgwork: check, then set "
+                       f"\"status\" in {RUN_FILE} to \"killed\"")
+    lock = read_lock(run_dir / LOCK_NAME)
+    if lock and lock["alive"]:
+        raise RunError(f"{run_dir}: training (pid {lock['pid']} on {lock['host']}) holds {LOCK_NAME}")
+    checkpoint = newest_run_checkpoint(run_dir)
+    overrides = ["train.resume_from_checkpoint=latest"] if checkpoint else []
+    params = load_params(run_dir / "params.yaml", overrides)
+    notebooks = [NotebookResult(**{k: v for k, v in nb.items() if k in NotebookResult.__dataclass_fields__})
+                 for nb in status["notebooks"]]
+    first = next((i for i, nb in enumerate(notebooks) if nb.status != "ok"), None)
+    if first is None:
+        raise RunError(f"{run_dir}: every notebook of this run finished; nothing to resume")
+    paths = [Path(nb.source) if Path(nb.source).is_file() else find_notebook(nb.name) for nb in notebooks[first:]]
+    for nb in notebooks[first:]:
+        nb.status, nb.error, nb.seconds, nb.report = "pending", None, None, None
+    result = RunResult(run_dir, notebooks)
+    attempt = {k: status.get(k) for k in ("command", "started_utc", "finished_utc", "killed_detected_utc", "status",
+                                          "error", "cause") if status.get(k) is not None}
+    status = {"command": status["command"], "started_utc": status["started_utc"], "status": "running",
+              "runner": this_runner(), "attempts": [*status.get("attempts", []), attempt],
+              "resumed_utc": _now(), "resume_command": shlex.join(["bgwork", "resume", str(run_dir)]),
+              "resumed_from": str(checkpoint) if checkpoint else None}
+    banner = (f"resuming (attempt {len(status['attempts']) + 1}) from {notebooks[first].name}; the last attempt "
+              f"ended {attempt['status']}: {attempt.get('error') or '-'}; "
+              + (f"training continues from {checkpoint}" if checkpoint else "no complete checkpoint: training "
+                 "starts over"))
+    return _run_notebooks(result, paths, to_dict(params), status, first, banner)
+
+
+def _run_notebooks(result: RunResult, paths: list[Path], params: dict, status: dict, first: int = 0,
+                   banner: str | None = None) -> RunResult:
+    """Execute `paths` as result.notebooks[first:], stopping at the first failure; run.json says how it ended."""
+    _write_status(result, status)
+    try:
+        with _run_log(result.run_dir / "run.log"), _env(**{HEADLESS_ENV: "1", "PYTHONPATH": _pythonpath()}):
+            log.info("run dir: %s", result.run_dir)
+            if banner:
+                log.warning(banner)
+            _warn_if_foreign_kernel()
+            for path, nb in zip(paths, result.notebooks[first:]):
+                nb.status = "running"
+                _write_status(result, status)
+                _execute(path, nb, result.run_dir, params)
+                _write_status(result, status)
+                if nb.status != "ok":
+                    break
+    except BaseException as e:  # the runner itself broke (or Ctrl-C between notebooks): still say how it ended
+        status.update(status="failed", finished_utc=_now(), error=f"runner: {type(e).__name__}: {e}",
+                      cause=failure_cause(str(e)))
+        _write_status(result, status)
+        raise
+    failed = next((nb for nb in result.notebooks if nb.status == "failed"), None)
+    status.update(status="finished" if result.ok else "failed", finished_utc=_now())
+    if failed:
+        status.update(error=f"{failed.name}: {failed.error}", cause=failure_cause(failed.error))
     _write_status(result, status)
     return result
 
 
+def failure_cause(error: str | None) -> str | None:
+    """A short name for causes a person acts on differently: ENOSPC (disk full), OOM (kernel killed), INFRA."""
+    error = error or ""
+    if "Errno 28" in error or "No space left on device" in error or "Disk quota exceeded" in error:
+        return "ENOSPC"
+    if "DeadKernelError" in error:
+        return "kernel died (out of memory?)"
+    if "EnvOutage" in error or "InfrastructureError" in error:
+        return "env server unavailable"
+    return None
+
+
 def _write_status(result: RunResult, status: dict) -> None:
-    """run.json: a run dir left "running" by a crash reads as unfinished, never as a success."""
-    write_json(result.run_dir / "run.json", {**status, "notebooks": [vars(nb) for nb in result.notebooks]})
+    """run.json: a run dir left "running" by a crash reads as killed once its runner is gone, never as a success.
+    On a full disk the file is overwritten in place (its blocks are already there) rather than lost."""
+    path = result.run_dir / RUN_FILE
+    data = {**status, "notebooks": [vars(nb) for nb in result.notebooks]}
+    try:
+        write_json(path, data)
+    except OSError as e:
+        try:
+            with open(path, "r+b") as fh:
+                fh.write(json.dumps(data, indent=1, default=str).encode() + b"\n")
+                fh.truncate()
+        except OSError:
+            log.error("cannot write %s (%s); the run's status is: %s", path, e, status["status"])
 
 
 def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> None:
@@ -142,8 +233,44 @@ def _execute(path: Path, nb: NotebookResult, run_dir: Path, params: dict) -> Non
     if nb.error:
         log.error("%s failed after %.1f s: %s", nb.name, nb.seconds, nb.error)
     if out.exists():
-        nb.report = str(render_html(out, title=f"{nb.name} · {run_dir.name}", error=nb.error))
-        log.info("report: %s", nb.report)
+        nb.report = _report(out, nb, run_dir)
+        if nb.report:
+            log.info("report: %s", nb.report)
+
+
+def _report(ipynb: Path, nb: NotebookResult, run_dir: Path) -> str | None:
+    """The HTML report; when the executed notebook can't be rendered (cut off by a full disk, ...), a page with
+    the error and the end of run.log, and the notebook counts as failed. None if not even that can be written."""
+    title = f"{nb.name} · {run_dir.name}"
+    try:
+        return str(render_html(ipynb, title=title, error=nb.error))
+    except Exception as e:  # noqa: BLE001 - whatever broke the rendering, the run must still end with a status
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        log.error("%s: the executed notebook %s could not be rendered (%s); writing what can be shown", nb.name,
+                  ipynb, why)
+        if nb.status == "ok":
+            nb.status, nb.error = "failed", f"report: {why}"
+    page = ipynb.with_suffix(".html")
+    try:
+        return str(fallback_html(page, title, nb.error, why, run_dir / "run.log"))
+    except OSError as e:
+        log.error("%s: no report written either (%s)", nb.name, e)
+        page.unlink(missing_ok=True)  # no empty page that looks like a report
+        return None
+
+
+def fallback_html(path: Path, title: str, error: str | None, why: str, run_log: Path, lines: int = 80) -> Path:
+    """A plain page for a notebook that can't be rendered: the FAILED line, why, and the end of run.log."""
+    try:
+        tail = "\n".join(run_log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        tail = "(run.log unreadable)"
+    body = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+            f"<h1>{html.escape(title)}</h1><p><b>This run FAILED</b> — <code>{html.escape(error or '-')}</code></p>"
+            f"<p>The executed notebook could not be rendered ({html.escape(why)}). The last {lines} lines of "
+            f"run.log (the notebook's output is logged there):</p><pre>{html.escape(tail)}</pre></body></html>")
+    path.write_text(body, encoding="utf-8")
+    return path
 
 
 def _warn_if_foreign_kernel() -> None:
@@ -169,10 +296,22 @@ def render_html(ipynb: Path, title: str, error: str | None = None) -> Path:
     return html
 
 
+class _RunLogFile(logging.FileHandler):
+    """run.log, appended to (a resumed run continues it); a write that fails (full disk) is said once, not per line."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            print(f"bgwork: cannot write {self.baseFilename} ({sys.exc_info()[1]}); messages go to the console only",
+                  file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _run_log(path: Path):
     """Runner messages and the notebooks' printed output go to the console and to run.log."""
-    handlers = [logging.FileHandler(path, encoding="utf-8"), logging.StreamHandler(sys.stderr)]
+    handlers = [_RunLogFile(path, encoding="utf-8"), logging.StreamHandler(sys.stderr)]
     for h in handlers:
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
     loggers = [logging.getLogger(n) for n in ("bgwork.run", "papermill")]

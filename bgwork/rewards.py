@@ -23,6 +23,8 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
             log_metric(name, value)
         for name, seconds in (kwargs.get("rollout_timings") or [{}])[0].items():
             log_metric(m.rollout_timing(name), seconds)
+        if kwargs.get("env_outage_s"):
+            log_metric(m.ENV_OUTAGE_S, float(kwargs["env_outage_s"][0]))
     return [None if r is None else float(r) for r in env_reward]
 
 
@@ -42,6 +44,8 @@ def episode_metrics(tasks, success, format_errors, steps, attempts) -> dict[str,
         out[m.EPISODE_STEPS] = sum(steps) / len(steps)
     if attempts:
         out[m.ENV_RETRIES] = sum(a - 1 for a in attempts) / len(attempts)
+    if success:
+        out[m.ENV_LOST] = sum(s is None for s in success) / len(success)
     return out
 
 

@@ -10,8 +10,8 @@ tokens are exactly what the model was conditioned on:
 
 `logprobs` are the sampling log-probs of the action tokens under the sampling temperature (0 for env
 tokens). An infrastructure failure (server down, session lost) never becomes a reward: the episode is
-re-run; if it still fails its reward is None, which TRL treats as unscorable (advantage 0, left out of the
-group baseline).
+re-run once the server answers again (bgwork.outage waits up to env.outage_timeout_s for it); if it still
+fails its reward is None, which TRL treats as unscorable (advantage 0, left out of the group baseline).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from bgwork.actions import parse_model_output
 from bgwork.config import RolloutParams
 from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
 from bgwork.metrics import FORMAT_ERROR_RATE, SUCCESS_RATE
+from bgwork.outage import InfrastructureError, wait_until_up
 from bgwork.prompting import Turns, user_message
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class EpisodePlayer:
         self.pool = ThreadPoolExecutor(max_workers=params.env_workers, thread_name_prefix="env")
         self.infra_failures = 0  # attempts voided by infrastructure failures, for logging
         self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
+        self.outage_s = 0.0  # seconds the last play() waited for a server that went away, for logging
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
 
     def close(self) -> None:
@@ -122,23 +124,28 @@ class EpisodePlayer:
     # --- public -------------------------------------------------------------------------------------
 
     def play(self, model, specs: list[tuple[str, int]]) -> list[Episode]:
-        """Episodes for (task, seed) pairs, in order. Lost attempts are re-run up to `env_retries` times."""
+        """Episodes for (task, seed) pairs, in order. Lost attempts are re-run up to `env_retries` times, each
+        time once the server answers /health (bgwork.outage.EnvOutage when it stays away too long)."""
         self.timings = {"generate_s": 0.0, "env_s": 0.0}
+        self.outage_s = 0.0
         episodes = self._play_waves(model, [Episode(t, s) for t, s in specs])
         for attempt in range(1, self.params.env_retries + 1):
             lost = [i for i, e in enumerate(episodes) if e.lost]
             if not lost:
                 break
+            waited, _ = wait_until_up([self.client], self.client.outage_timeout_s, reason=episodes[lost[0]].lost)
+            self.outage_s += waited
+            if not waited:  # the server never left: a lost session or browser; give it a moment to relaunch
+                time.sleep(min(2.0 * attempt, 10.0))
             log.warning("re-running %d episode(s) lost to infrastructure failures (attempt %d): %s",
                         len(lost), attempt + 1, episodes[lost[0]].lost)
-            time.sleep(min(2.0 * attempt, 10.0))  # give a restarting server / browser a moment
             again = self._play_waves(model, [Episode(episodes[i].task, episodes[i].seed, attempts=attempt + 1)
                                              for i in lost])
             for i, e in zip(lost, again):
                 episodes[i] = e
         if episodes and all(e.lost for e in episodes):
-            raise RuntimeError(f"every episode failed on infrastructure after {self.params.env_retries} retries; "
-                               f"last error: {episodes[0].lost}")
+            raise InfrastructureError(f"every episode failed on infrastructure after {self.params.env_retries} "
+                                      f"retries; last error: {episodes[0].lost}")
         return episodes
 
     # --- waves --------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
         params.yaml       the resolved parameters (defaults + file + overrides)
         environment.json  git SHA + dirty flag, Python, key package versions, CPU/GPU
         metrics.json      what notebooks recorded with record_metrics()
-        run.json          command, status (running/ok/failed) and per-notebook outcome (written by the runner)
+        run.json          command, status and per-notebook outcome (written by the runner): running, then
+                          finished / failed (with `error` and `cause`) / killed (`read_run` finds a dead runner)
         <notebook>.ipynb / <notebook>.html / run.log
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -86,8 +89,64 @@ def read_metrics(run_dir: str | Path) -> dict:
 def write_json(path: Path, data) -> None:
     """Write through a temporary file so a reader (or a crash) never sees half a file."""
     tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: leave no half file behind
+        raise
     tmp.replace(path)
+
+
+# --- the run's status (run.json) ----------------------------------------------------------------------------
+
+RUN_FILE = "run.json"
+
+
+def this_runner() -> dict:
+    """Who is running a run dir: pid, host and start time (a pid alone may be reused after a reboot or kill)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+
+def runner_alive(runner: dict | None) -> bool | None:
+    """True / False for a runner on this host; None when it can't be told (another host, or no runner recorded)."""
+    if not runner or runner.get("host") != socket.gethostname():
+        return None
+    try:
+        import psutil
+
+        proc = psutil.Process(int(runner["pid"]))
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= float(runner["started"]) + 1.0
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def read_run(run_dir: str | Path) -> dict | None:
+    """run.json of a run dir (None if it has none). A run still "running" whose runner process is gone was
+    killed (kill -9, out of memory, a reboot): it is marked `killed`, in the file too, the first time it is read."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    if info.get("status") == "running" and runner_alive(info.get("runner")) is False:
+        pid = info["runner"]["pid"]
+        info.update(status="killed", killed_detected_utc=_utc_now(),
+                    error=f"the runner (pid {pid}) ended without recording an outcome: killed (kill -9, out of memory "
+                          f"or a reboot); `bgwork resume {run_dir}` continues from the newest complete checkpoint")
+        for nb in info.get("notebooks", []):
+            if nb.get("status") == "running":
+                nb["status"] = "killed"
+        try:
+            write_json(path, info)
+        except OSError:
+            pass  # read-only or full: the caller still sees the truth
+    return info
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def environment() -> dict:

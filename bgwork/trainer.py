@@ -5,13 +5,16 @@
 Layout under the run dir:
     <model>-browsergym-<UTC timestamp>/     TRL output_dir
         warmstart/                          the warm-started weights (warmstart.episodes_per_task > 0)
-        checkpoint-<step>/                  every train.save_steps (train.save_total_limit kept)
+        checkpoint-<step>/                  every train.save_steps (train.save_total_limit kept), and where an
+                                            env outage stopped training; each appears complete or not at all
+                                            (bgwork.checkpoint_io)
         final/                              the trained model (or LoRA adapter) + tokenizer
         tensorboard/                        event files: every trainer scalar + success/format metrics
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bgwork.checkpoint_io import checkpoint_problem
 from bgwork.config import ConfigError, LoraParams, Params, RolloutParams, TrainParams, generation_batch_size
 from bgwork.curriculum import decode_spec, train_dataset
 
@@ -98,12 +102,18 @@ def new_output_dir(run_dir: Path, model_spec: str) -> Path:
     return Path(run_dir) / f"{short_name(model_spec)}-browsergym-{stamp}"
 
 
-def newest_run_checkpoint(run_dir: Path) -> Path | None:
-    """Newest `checkpoint-N` (highest N, newest output dir) under one run dir (for resuming it)."""
+def run_checkpoints(run_dir: Path) -> list[tuple[Path, str | None]]:
+    """Every `checkpoint-N` under one run dir's output dirs, oldest first, with why it is incomplete (or None)."""
     found = [(out.name, int(c.name.split("-")[1]), c) for out in Path(run_dir).iterdir()
              if out.is_dir() and OUTPUT_DIR_RE.match(out.name)
-             for c in out.glob("checkpoint-*") if c.name.split("-")[1].isdigit()]
-    return max(found)[2] if found else None
+             for c in out.glob("checkpoint-*") if c.is_dir() and c.name.split("-")[1].isdigit()]
+    return [(c, checkpoint_problem(c)) for _, _, c in sorted(found)]
+
+
+def newest_run_checkpoint(run_dir: Path) -> Path | None:
+    """Newest complete `checkpoint-N` (highest N, newest output dir) under one run dir (for resuming it)."""
+    complete = [c for c, problem in run_checkpoints(run_dir) if problem is None]
+    return complete[-1] if complete else None
 
 
 def resolve_resume(train: TrainParams, run_dir: Path) -> Path | None:
@@ -112,11 +122,16 @@ def resolve_resume(train: TrainParams, run_dir: Path) -> Path | None:
     if train.resume_from_checkpoint == "latest":
         ckpt = newest_run_checkpoint(run_dir)
         if ckpt is None:
-            raise TrainingSetupError(f"train.resume_from_checkpoint = 'latest': no checkpoint-* under {run_dir}")
-        return ckpt
-    ckpt = Path(train.resume_from_checkpoint)
-    if not (ckpt / "trainer_state.json").exists():
-        raise TrainingSetupError(f"train.resume_from_checkpoint = {ckpt}: not a checkpoint (no trainer_state.json)")
+            skipped = "; ".join(f"{c.parent.name}/{c.name}: {p}" for c, p in run_checkpoints(run_dir))
+            raise TrainingSetupError(f"train.resume_from_checkpoint = 'latest': no complete checkpoint-* under "
+                                     f"{run_dir}" + (f" (incomplete, skipped: {skipped})" if skipped else ""))
+    else:
+        ckpt = Path(train.resume_from_checkpoint)
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            raise TrainingSetupError(f"train.resume_from_checkpoint = {ckpt}: not a complete checkpoint ({problem})")
+    if not (ckpt / "optimizer.pt").exists():
+        log.warning("%s holds no optimizer state (slimmed?): training resumes with a fresh AdamW state", ckpt)
     return ckpt
 
 
@@ -158,6 +173,7 @@ def make_rollout_func(player):
             episodes = player.play(model, specs)
         out = to_rollout_output(episodes)
         out["rollout_timings"] = dict(player.timings)  # a scalar extra: every reward call sees it once
+        out["env_outage_s"] = player.outage_s
         return out
 
     return rollout_func
@@ -166,8 +182,6 @@ def make_rollout_func(player):
 def build_trainer(params: Params, output_dir: Path, client, resolved=None, callbacks=()):
     """(GRPOTrainer, EpisodePlayer) ready to train; `resolved` may pass an already loaded ResolvedModel."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl import GRPOTrainer
-
     from bgwork.models import resolve_model
     from bgwork.rewards import reward_functions
     from bgwork.rollout import EpisodePlayer
@@ -181,11 +195,20 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
     args = grpo_config(params, output_dir, device)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params.rollout), args=args,
+    trainer = _grpo_trainer_class()(model=model, reward_funcs=reward_functions(params.rollout), args=args,
                           train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
                           peft_config=peft_config, rollout_func=make_rollout_func(player),
                           callbacks=[*_callbacks(params, output_dir), *callbacks])
     return trainer, player
+
+
+def _grpo_trainer_class():
+    """TRL's GRPOTrainer whose checkpoints appear complete or not at all (bgwork.checkpoint_io)."""
+    from trl import GRPOTrainer
+
+    from bgwork.checkpoint_io import AtomicCheckpoints
+
+    return type("GRPOTrainer", (AtomicCheckpoints, GRPOTrainer), {"__module__": __name__})
 
 
 def _callbacks(params: Params, output_dir: Path) -> list:
@@ -198,11 +221,17 @@ def _callbacks(params: Params, output_dir: Path) -> list:
 
 def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=(),
           after_warm_start=None) -> TrainResult:
-    """Train under the run dir's training lock; resumes into the checkpoint's own output dir.
+    """Train under the training lock of the run dir (and of the run dir a resumed checkpoint lives in); resumes
+    into the checkpoint's own output dir.
 
-    `after_warm_start(resolved)`, if given, runs between a fresh warm start and GRPO (e.g. an evaluation)."""
+    `after_warm_start(resolved)`, if given, runs between the warm start (a fresh one, or the one a resumed run
+    reloads) and GRPO (e.g. an evaluation).
+    When the env server stays away past env.outage_timeout_s, the steps done so far are saved as a checkpoint
+    before the error (bgwork.outage.EnvOutage) is raised."""
+    from bgwork.checkpoint_io import save_final
     from bgwork.envclient import EnvClient
     from bgwork.models import resolve_model
+    from bgwork.outage import InfrastructureError
     from bgwork.training_lock import training_lock
     from bgwork.warmstart import warm_start
 
@@ -211,11 +240,19 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     output_dir = resume.parent if resume else new_output_dir(run_dir, params.model.name)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it
     dtype = device_and_dtype(params.model.dtype)[1]
-    env = EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout)
-    with training_lock(run_dir), env as client:
+    with contextlib.ExitStack() as stack:
+        for locked in dict.fromkeys([run_dir, output_dir.parent]):  # cleanup must leave both alone
+            stack.enter_context(training_lock(locked))
+        client = stack.enter_context(EnvClient.connect(env_url, params.env))
         warm_dir = output_dir / "warmstart"
         if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
-            resolved = resolve_model(str(warm_dir), dtype=dtype)
+            warm = resolve_model(str(warm_dir), dtype=dtype)
+            if resolved is None:
+                resolved = warm
+            else:  # the caller's handle is what it evaluates after training (notebook 03), as on a fresh start
+                resolved.model = warm.model
+            if after_warm_start:
+                after_warm_start(resolved)
         elif params.warmstart.episodes_per_task and not resume:
             resolved = resolved or resolve_model(params.model.name, dtype=dtype)
             adapter = lora_config(params.lora, resolved.model) if params.lora.enabled else None
@@ -225,11 +262,22 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
         trainer, player = build_trainer(params, output_dir, client, resolved, callbacks)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except InfrastructureError as e:
+            raise type(e)(f"{e}. {save_progress(trainer, run_dir)}") from e
         finally:
             player.close()
-        final_dir = output_dir / "final"
-        trainer.save_model(str(final_dir))
-        trainer.processing_class.save_pretrained(str(final_dir))
+        final_dir = save_final(trainer, output_dir / "final")
     guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
     return TrainResult(output_dir, final_dir, trainer.state.global_step, list(trainer.state.log_history),
                        getattr(guard, "stop_reason", None))
+
+
+def save_progress(trainer, run_dir: Path) -> str:
+    """Checkpoint the steps done when training must stop early (the env stayed away); says what it did."""
+    step = trainer.state.global_step
+    if step == 0:
+        return "No step was completed, so there is no checkpoint to resume from"
+    ckpt = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+    if checkpoint_problem(ckpt):
+        trainer._save_checkpoint(trainer.model, trial=None)
+    return f"Saved {ckpt} (step {step}); continue with `bgwork resume {run_dir}`"

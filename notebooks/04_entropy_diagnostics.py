@@ -83,6 +83,14 @@ recommendations = dx.recommend(verdicts, dx.peak_learning_rates(scalars))
 recommendations
 
 # %% [markdown]
+# ## Env outages
+# Steps whose rollout waited for an env server that went away (`env/outage_s`, also the dotted lines above): the
+# lost episodes were re-run once it answered again, none was scored 0. Empty when the server never left.
+
+# %%
+dx.outage_table(scalars)
+
+# %% [markdown]
 # ## What the live guard said during training (if it ran)
 
 # %%

@@ -18,7 +18,10 @@
 # notebook lists every run and checkpoint under `outputs/` (size split into model / optimizer / other, step,
 # full or LoRA, the reward and success rate logged at that step), then applies a keep policy from params:
 # keep the last N and the best N by a metric per run, never touch pinned runs or runs still training (they
-# hold a `TRAINING.lock`), and slim kept checkpoints by dropping optimizer/scheduler/RNG state.
+# hold a `TRAINING.lock`), and slim kept checkpoints by dropping optimizer/scheduler/RNG state. Incomplete
+# checkpoints — what a kill or a full disk left mid-save: no readable `trainer_state.json`, weights missing or cut
+# off, or a hidden `.saving-checkpoint-N` folder — count for nothing (`latest` skips them too) and are offered
+# for deletion.
 #
 # **The default is a dry run**: it shows the plan and the space it would free. `-p cleanup.apply=true`
 # deletes exactly what the plan lists, after re-checking it against the disk. `cleanup.copy_checkpoint` +
@@ -50,7 +53,8 @@ print(f"run dir: {run_dir}\ncleaning: {root}\npolicy: {p}")
 # %% [markdown]
 # ## Inventory
 # One row per checkpoint. `reward` and the success rate are the latest values logged at or before the
-# checkpoint's step in its `trainer_state.json`; `training` marks runs holding a live `TRAINING.lock`.
+# checkpoint's step in its `trainer_state.json`; `training` marks runs holding a live `TRAINING.lock`;
+# `incomplete` says what an incomplete checkpoint lacks.
 
 # %%
 runs = ck.inventory(root, p)

@@ -135,7 +135,26 @@ def test_runs_of_different_lengths_and_missing_tags(original_runs, tmp_path):
     rec = dx.recommend(list(verdicts.values()))
     assert rec["finding"].str.startswith("not logged").any()
     fig = dx.plot_runs(df, list(verdicts.values()))
-    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes if ax.axison] == dx.PANEL_TAGS
+
+
+def test_env_outages_are_listed_and_marked_on_every_panel(tmp_path):
+    """A run whose step-3 rollout waited 31.5 s for the env server (bgwork logs env/outage_s every step)."""
+    healthy = healthy_run()
+    steps = sorted(healthy[m.REWARD])
+    write_run(tmp_path / "outage", {**healthy, m.ENV_OUTAGE_S: {s: 31.5 if s == 3 else 0.0 for s in steps}})
+    write_run(tmp_path / "calm", healthy)
+    df = load_scalars(tmp_path / "*")
+    table = dx.outage_table(df)
+    assert table.to_dict("records") == [{"run": "outage", "step": 3, "waited (s)": 31.5}]
+    verdicts = dx.diagnose_runs(df, P)
+    assert {v.run: v.status for v in verdicts} == {"outage": "healthy", "calm": "healthy"}  # not a training fault
+    fig = dx.plot_runs(df, verdicts)
+    panels = [ax for ax in fig.axes if ax.axison]
+    dotted = [[ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == ":"] for ax in panels]
+    assert dotted == [[3]] * len(dx.PANEL_TAGS)
+    outage_panel = panels[dx.PANEL_TAGS.index(m.ENV_OUTAGE_S)]
+    assert max(max(ln.get_ydata()) for ln in outage_panel.lines if ln.get_linestyle() == "-") == 31.5
 
 
 def test_guard_stops_on_live_collapse_and_records_why(tmp_path, caplog):

@@ -1,6 +1,10 @@
-"""Notebook 05 executed by the runner (papermill, `bgwork` kernel) on real tiny checkpoints: dry run, then apply."""
+"""Notebook 05 executed by the runner (papermill, `bgwork` kernel) on real tiny checkpoints: dry run, then apply.
+Run `a` also holds what interrupted saves leave: a checkpoint-4 without trainer_state.json (transformers writing in
+place) and a .saving-checkpoint-5 (bgwork's staging folder); both are offered for deletion, never kept."""
 
 from __future__ import annotations
+
+import shutil
 
 import yaml
 from ckpt_fixtures import make_run
@@ -17,7 +21,11 @@ def _files(root):
 def test_notebook_05_dry_run_then_apply(tmp_path, monkeypatch):
     outputs = tmp_path / "outputs"
     monkeypatch.setenv("BGWORK_OUTPUTS_DIR", str(outputs))
-    make_run(outputs / "train" / "a", [1, 2, 3], [0.1, 0.8, 0.2])
+    a = make_run(outputs / "train" / "a", [1, 2, 3], [0.1, 0.8, 0.2])
+    shutil.copytree(a / "checkpoint-3", a / "checkpoint-4")
+    (a / "checkpoint-4" / "trainer_state.json").unlink()  # killed before the last file of the save
+    (a / ".saving-checkpoint-5" / "checkpoint-5").mkdir(parents=True)
+    shutil.copy2(a / "checkpoint-3" / "model.safetensors", a / ".saving-checkpoint-5" / "checkpoint-5")
     make_run(outputs / "train" / "pinned", [1, 2])
     make_run(outputs / "train" / "busy", [1, 2])
     params = tmp_path / "cleanup.yaml"
@@ -34,7 +42,9 @@ def test_notebook_05_dry_run_then_apply(tmp_path, monkeypatch):
         assert _files(outputs) - {"train/busy/TRAINING.lock"} == before  # dry run: nothing deleted
         assert m["cleanup/removed"] == [] and m["cleanup/would_free_bytes"] > 0
         assert {(a["kind"], a["checkpoint"].split("train/")[1]) for a in m["cleanup/actions"]} == {
-            ("delete", "a/checkpoint-1"), ("slim", "a/checkpoint-2")}
+            ("delete", "a/checkpoint-1"), ("slim", "a/checkpoint-2"),  # 3 is the latest complete one: kept
+            ("delete", "a/checkpoint-4"), ("delete", "a/.saving-checkpoint-5")}  # incomplete: offered for deletion
+        assert "incomplete: no trainer_state.json" in (dry.run_dir / "05_checkpoint_cleanup.html").read_text()
         assert m["cleanup/untouched_runs"]["train/pinned"].startswith("pinned")
         assert m["cleanup/untouched_runs"]["train/busy"].startswith("training")
         assert (tmp_path / "best" / "model.safetensors").is_file()

@@ -93,7 +93,7 @@ def test_chained_run_dir_holds_everything(tmp_path):
     assert env["packages"]["papermill"] and env["python"] and env["cpu"]["count"]
     assert json.loads((d / "metrics.json").read_text()) == {"good/tasks": 3, "second/saw": 3}
     status = json.loads((d / "run.json").read_text())
-    assert status["status"] == "ok" and status["command"].endswith("-p 'smoke.tasks=[a, b, c]' -p name=tiny")
+    assert status["status"] == "finished" and status["command"].endswith("-p 'smoke.tasks=[a, b, c]' -p name=tiny")
     assert "tasks: ['a', 'b', 'c']" in (d / "run.log").read_text()
     html = (d / "good.html").read_text()
     assert "tasks: [&#39;a&#39;, &#39;b&#39;, &#39;c&#39;]" in html or "tasks: ['a', 'b', 'c']" in html

@@ -146,3 +146,5 @@ def test_embedded_server_defaults_are_the_servers_own():
     # the CLI writes them out so that a replay server never imports the browser stack
     assert (cli.PRE_OBSERVATION_DELAY, cli.CALL_TIMEOUT, cli.ACTION_TIMEOUT_MS) == (
         server.pre_observation_delay, server.call_timeout, server.action_timeout_ms)
+    defaults = cli.parse_args([])
+    assert (env.step_deadline_s, env.evict_idle_s) == (defaults.step_deadline_s, defaults.evict_idle_s)

@@ -19,16 +19,18 @@ from bgwork.diagnostics.detectors import (
                                           diagnose_runs,
 )
 from bgwork.diagnostics.report import (
+                                          PANEL_TAGS,
                                           coverage_table,
                                           events_frame,
                                           guard_summary,
                                           guard_table,
+                                          outage_table,
                                           plot_runs,
                                           record_verdicts,
                                           verdict_table,
 )
 
-__all__ = ["PLOT_TAGS", "Finding", "Verdict", "classify_regime", "coverage_table", "detect_collapse",
+__all__ = ["PANEL_TAGS", "PLOT_TAGS", "Finding", "Verdict", "classify_regime", "coverage_table", "detect_collapse",
            "detect_deadlock", "detect_plateau", "detect_spikes", "diagnose", "diagnose_runs", "events_frame",
-           "guard_summary", "guard_table", "peak_learning_rates", "plot_runs", "recommend", "record_verdicts",
-           "verdict_table"]
+           "guard_summary", "guard_table", "outage_table", "peak_learning_rates", "plot_runs", "recommend",
+           "record_verdicts", "verdict_table"]

@@ -9,6 +9,9 @@ from bgwork.diagnostics.detectors import PLOT_TAGS, Finding, Verdict
 from bgwork.runs import read_metrics, record_metrics
 from bgwork.tbscalars import wide
 
+# What notebook 04 plots: the detectors' metrics, and env outages (steps whose rollout waited for the env server).
+PANEL_TAGS = PLOT_TAGS + [m.ENV_OUTAGE_S]
+
 
 def verdict_table(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([{"run": v.run, "verdict": v.summary, "last step": v.last_step, "why": v.reason,
@@ -61,12 +64,20 @@ def guard_table(run_dirs: dict[str, str]) -> pd.DataFrame:
 
 
 EVENT_STYLE = {"collapsed": dict(ls="--", lw=1.6), "deadlocked": dict(alpha=0.12), "plateau": dict(alpha=0.06),
-               "spike": dict(marker="X", s=80, zorder=5)}
+               "spike": dict(marker="X", s=80, zorder=5), "outage": dict(ls=":", lw=1.2)}
 
 
-def plot_runs(df: pd.DataFrame, verdicts: list[Verdict], tags: list[str] = PLOT_TAGS):
+def outage_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every step whose rollout waited for an env server that went away: run, step, seconds waited."""
+    out = df[(df["tag"] == m.ENV_OUTAGE_S) & (df["value"] > 0)]
+    return (out.rename(columns={"value": "waited (s)"})[["run", "step", "waited (s)"]]
+            .round(1).reset_index(drop=True))
+
+
+def plot_runs(df: pd.DataFrame, verdicts: list[Verdict], tags: list[str] = PANEL_TAGS):
     """One panel per metric, one line per run, its detected events marked in the run's colour:
-    collapse = dashed line, deadlock = shaded span, spike = X on grad_norm, plateau = faint span."""
+    collapse = dashed line, deadlock = shaded span, spike = X on grad_norm, plateau = faint span,
+    env outage = dotted line on every panel."""
     import matplotlib.pyplot as plt
 
     ncols = 3
@@ -75,11 +86,14 @@ def plot_runs(df: pd.DataFrame, verdicts: list[Verdict], tags: list[str] = PLOT_
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, v in enumerate(verdicts):
         color, w = colors[i % len(colors)], wide(df, v.run)
+        outages = w.index[w[m.ENV_OUTAGE_S] > 0] if m.ENV_OUTAGE_S in w.columns else []
         for ax, tag in zip(axes.flat, tags):
             if tag in w.columns and w[tag].notna().any():
                 s = w[tag].dropna()
                 ax.plot(s.index, s.values, color=color, lw=1.3, label=f"{v.run}: {v.summary}")
             _mark_events(ax, tag, w, v.findings, color)
+            for step in outages:
+                ax.axvline(step, color=color, **EVENT_STYLE["outage"])
     for ax, tag in zip(axes.flat, tags):
         ax.set_title(tag)
         if not ax.lines:
@@ -95,7 +109,7 @@ def plot_runs(df: pd.DataFrame, verdicts: list[Verdict], tags: list[str] = PLOT_
                 handles.append(h), labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), frameon=False)
     fig.suptitle("dashed: entropy collapse · shaded: zero-variance deadlock · X: grad_norm spike · "
-                 "faint: reward plateau")
+                 "faint: reward plateau · dotted: env outage")
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 3), 1, 0.95))
     return fig
 
