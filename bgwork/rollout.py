@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bgwork import decoding
 from bgwork.actions import parse_model_output
 from bgwork.config import RolloutParams
 from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
@@ -113,8 +114,11 @@ class EpisodeRunner:
         self.infra_failures = 0  # attempts voided by infrastructure failures, for logging
         self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
+        self.decoder = None  # bgwork.decoding.Decoder (rollout.fast_generation), made on first use
 
     def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
         self.sessions.close_all()
         self.pool.shutdown(wait=True)
 
@@ -169,6 +173,8 @@ class EpisodeRunner:
             for e, (ids, _) in zip(live, outputs):
                 if not e.finished and not e.lost:
                     self._append_next_turn(e, self.turns.ends_with_eos(ids))
+        if self.decoder is not None:
+            self.decoder.reset()  # the wave's episodes are over: drop their caches
         for e in wave:
             e.finished = True
             if e.lost:
@@ -238,6 +244,11 @@ class EpisodeRunner:
         if self.vllm is not None:
             return self._generate_vllm(sequences)
         device = next(model.parameters()).device
+        if self.params.fast_generation and decoding.supports(model):
+            if self.decoder is None:
+                self.decoder = decoding.Decoder.for_runner(self)
+            with _generation_attention(device):
+                return self.decoder.generate(model, sequences)
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
