@@ -261,6 +261,7 @@ class Decoder:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._step = None  # forward, or its torch.compile'd version
+        self.static_shapes_on_cpu = False
         self.stats = {"calls": 0, "prefill_tokens": 0, "carried_tokens": 0, "shared_prefix_tokens": 0,
                       "decode_steps": 0, "graphs": 0, "capture_s": 0.0, "compile_s": 0.0}
 
@@ -300,8 +301,10 @@ class Decoder:
     def _on_cuda(self) -> bool:
         return self.arch.device.type == "cuda"
 
-    def _graphs_on(self) -> bool:
-        return self.cuda_graphs and self._on_cuda() and os.environ.get("BGWORK_NO_CUDA_GRAPHS") != "1"
+    def _static_shapes(self) -> bool:
+        """Bucketed rows and windows: what captured graphs need (tests set `static_shapes_on_cpu` to run
+        those same shapes eagerly on CPU)."""
+        return self.cuda_graphs and (self._on_cuda() or self.static_shapes_on_cpu)
 
     # --- generate ----------------------------------------------------------------------------------
 
@@ -392,7 +395,7 @@ class Decoder:
     def _fit(self, rows: int, slots: int, vocab: int) -> None:
         """Make the arena hold `rows` x `slots`; a larger one keeps the carried rows (copied) and drops graphs."""
         a = self.arena
-        graphs = self._graphs_on()
+        graphs = self._static_shapes()
         if a is not None and a.rows >= rows and a.slots >= slots:
             return
         need_rows = batch_bucket(rows) if graphs else rows
@@ -492,13 +495,18 @@ class Decoder:
         return torch.cat(out)
 
     def _sample(self, logits):
-        scaled = logits / self.temperature
-        logp = torch.log_softmax(scaled, dim=-1)
+        """(token, its log-prob) per row, from softmax(logits / temperature). Sampling inverts the CDF with one
+        uniform number per row: torch.multinomial draws one exponential per vocabulary entry, which on CPU
+        cost more than the tiny model's whole decode step."""
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature
+        lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
         if self.greedy:
             tok = logits.argmax(-1)
         else:
-            tok = torch.multinomial(torch.softmax(scaled, dim=-1), 1)[:, 0]
-        return tok, logp.gather(-1, tok[:, None])[:, 0]
+            cdf = torch.exp(scaled - lse).cumsum_(-1)
+            u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+            tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
+        return tok, (scaled.gather(-1, tok[:, None]) - lse)[:, 0]
 
     def _decode(self, logits, pos, B, start):
         """Up to max_new_tokens per row; a row stops feeding its cache after EOS. Returns (tokens, logps, steps)."""
@@ -506,7 +514,7 @@ class Decoder:
         tokens = torch.zeros(B, A, dtype=torch.long, device=dev)
         logps = torch.zeros(B, A, dtype=torch.float32, device=dev)
         eos = torch.tensor(self.eos_ids, device=dev)
-        graphs = self._graphs_on()
+        graphs = self._static_shapes()
         rows = batch_bucket(B) if graphs else B
         check_every = 4 if self._on_cuda() else 1  # on CUDA, `alive.any()` waits for the GPU
         tok, lp = self._sample(logits)
@@ -534,11 +542,24 @@ class Decoder:
 
     def _decode_step(self, rows: int, window: int, graphs: bool):
         a = self.arena
-        if not graphs:
+        if not graphs or not self.cuda_graphs:
             return forward(self.arch, a.ids[:rows], a.pos[:rows], a.newv[:rows], a.slot, a.view(0, rows, window))
+        if not self._on_cuda():
+            self._step_body(rows, window)
+            return a.logits[:rows]
         g = self._graphs.get((rows, window))
         if g is None:
-            g = self._capture(rows, window)
+            try:
+                g = self._capture(rows, window)
+            except Exception as e:  # never lose a rollout to an optimisation: say so, and go on without it
+                what = "torch.compile" if self._step is not forward else "CUDA graph capture"
+                log.warning("decode step: %s failed (%s: %s); continuing without it", what, type(e).__name__, e)
+                self.stats["fallback"] = f"{what}: {type(e).__name__}: {e}"
+                self._step, self.compile_decode = forward, False
+                self._graphs.clear()
+                if what == "CUDA graph capture":
+                    self.cuda_graphs = False
+                return self._decode_step(rows, window, graphs)
         g.replay()
         return a.logits[:rows]
 
@@ -558,19 +579,21 @@ class Decoder:
             self._pool = torch.cuda.graph_pool_handle()
         newv = a.newv[:rows].clone()
         a.newv[:rows] = False
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            tc = time.perf_counter()
-            self._step_body(rows, window)
-            torch.cuda.synchronize()
-            if self._step is not forward and self.stats["compile_s"] == 0.0:
-                self.stats["compile_s"] = time.perf_counter() - tc
-        torch.cuda.current_stream().wait_stream(stream)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._pool):
-            self._step_body(rows, window)
-        a.newv[:rows] = newv
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                tc = time.perf_counter()
+                self._step_body(rows, window)
+                torch.cuda.synchronize()
+                if self._step is not forward and self.stats["compile_s"] == 0.0:
+                    self.stats["compile_s"] = time.perf_counter() - tc
+            torch.cuda.current_stream().wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                self._step_body(rows, window)
+        finally:
+            a.newv[:rows] = newv
         self._graphs[(rows, window)] = g
         self.stats["graphs"] += 1
         self.stats["capture_s"] += time.perf_counter() - t0
