@@ -410,7 +410,7 @@ def print_levers_table(results: dict, args) -> None:
     before = {r["batch"]: r["warm"]["tok_per_s"] for r in results["rows"] if r["mode"] == "before"}
     for name, m in results.get("modes", {}).items():
         chk = results["logprob_check"].get(name)
-        lp = (f"{chk['mean_abs']:.4f} / {chk['max_abs']:.3f}" + (" FAILS <= 0.02" if chk["mean_abs"] > 0.02 else "")
+        lp = (f"{chk['mean_abs']:.2g} / {chk['max_abs']:.2g}" + (" FAILS <= 0.02" if chk["mean_abs"] > 0.02 else "")
               if chk else "not checked")
         for r in (r for r in results["rows"] if r["mode"] == name):
             w, b = r["warm"], r["batch"]

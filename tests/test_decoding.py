@@ -161,3 +161,27 @@ def test_supported_models_and_buckets(tiny, smollm2):
 
     assert not supports(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32)))
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 33, 64, 65, 100, 200)] == [1, 2, 3, 6, 48, 64, 96, 128, 256]
+
+
+def test_lora_adapters_are_applied(tiny):
+    """A peft LoRA model (what GRPO trains): the engine runs the adapters inside transformers' modules."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(copy.deepcopy(tiny.model), LoraConfig(
+        r=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3"],
+        init_lora_weights=False)).eval()  # random A and B: the adapters change the output
+    rng = random.Random(4)
+    seqs = first_sequences(lora.config.vocab_size, rng, n=3)
+    no_eos = {lora.config.vocab_size - 1}
+    decoder = Decoder(eos_ids=no_eos, pad_id=0, temperature=1.0, greedy=True, max_new_tokens=5)
+
+    def check(turn, batch, out):
+        assert [ids for ids, _ in out] == [hf_greedy(lora, s, 5, no_eos) for s in batch], f"turn {turn}"
+
+    play(decoder, lora, seqs, rng, turns=2, check=check)
+    with lora.disable_adapter():
+        base = [hf_greedy(lora, s, 5, no_eos) for s in seqs]
+    assert base != [hf_greedy(lora, s, 5, no_eos) for s in seqs], "the adapters should change the greedy tokens"
