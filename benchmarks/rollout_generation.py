@@ -183,10 +183,25 @@ def make_episodes(turns_api, n: int, seed: int, turns: int, prompt_range=(500, 7
             def user(m):
                 return user_message({"goal": goal, "axtree_txt": "\n".join(small.splitlines()[:m])}, tok, 10_000,
                                     f"click('{13 + t}')", None)
-            n_lines = next((m for m in range(1, 61) if len(turns_api.next_turn(user(m), True)) >= turn_tokens), 60)
-            nexts.append(user(n_lines))
+            lo, hi = 0, 60  # the fewest lines reaching turn_tokens (token count grows with lines), else 60
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if len(turns_api.next_turn(user(mid), True)) < turn_tokens else (lo, mid)
+            nexts.append(user(hi))
         episodes.append(SyntheticEpisode(first, nexts))
     return episodes
+
+
+_EPISODES: dict[tuple, list[tuple[list[int], list[str]]]] = {}
+
+
+def cached_episodes(turns_api, n: int, seed: int, turns: int, prompt_range, turn_tokens, group):
+    """make_episodes, built once per process (tokenizing them takes seconds per wave); fresh objects each call."""
+    key = (id(turns_api.tokenizer), n, seed, turns, tuple(prompt_range), turn_tokens, group)
+    if key not in _EPISODES:
+        _EPISODES[key] = [(e.prompt_ids, e.next_turns) for e in
+                          make_episodes(turns_api, n, seed, turns, prompt_range, turn_tokens, group)]
+    return [SyntheticEpisode(list(p), list(t)) for p, t in _EPISODES[key]]
 
 
 # --- playing ------------------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ class Workload:
     group: int = 1
 
     def episodes(self, turns_api, n: int, seed: int, turns: int) -> list[SyntheticEpisode]:
-        return make_episodes(turns_api, n, seed, turns, self.prompt_range, self.turn_tokens, self.group)
+        return cached_episodes(turns_api, n, seed, turns, self.prompt_range, self.turn_tokens, self.group)
 
 
 def measure_batched(runner, model, tag, sizes, reps, turns, seed, log, work: Workload = Workload()) -> list[dict]:
@@ -299,10 +314,10 @@ NO_LEVER = {"carry_kv_cache": False, "share_prompt_prefill": False, "cuda_graphs
 MODES = {
     "before": ({"fast_generation": False}, False),
     "after": ({}, False),
-    "engine, no lever": (NO_LEVER, False),
+    "+ captured decode": ({**NO_LEVER, "cuda_graphs": True}, False),
     "+ KV carry": ({**NO_LEVER, "carry_kv_cache": True}, False),
     "+ prefix sharing": ({**NO_LEVER, "share_prompt_prefill": True}, False),
-    "+ captured decode": ({**NO_LEVER, "cuda_graphs": True}, False),
+    "engine, no lever": (NO_LEVER, False),
     "before, static cache": ({"fast_generation": False}, True),
     "after + compile": ({"compile_decode": True}, False),
 }
@@ -368,7 +383,7 @@ def run_levers(args, model, tokenizer, results: dict, log, make_runner) -> None:
                     continue
                 measure_batched(runner, model, name, [b], args.reps, args.turns, 10, log, work)
                 info["done"].append(b)
-            if info["done"] and budget_left() > 0:
+            if info["done"]:  # even past the budget: a timing without its exactness check is no result
                 check_b = min(args.check_batch, min(info["done"]))
                 eps = work.episodes(runner.turns, check_b, 99, args.turns)
                 play(runner, model, eps, args.turns)
@@ -388,6 +403,8 @@ def run_levers(args, model, tokenizer, results: dict, log, make_runner) -> None:
                 runner.close()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
     print_levers_table(results, args)
 
 
@@ -457,6 +474,7 @@ def main() -> None:
                    help="--levers: batch sizes of the plain single-turn HF static reference ([] = none)")
     p.add_argument("--check-batch", type=int, default=64, help="--levers: episodes in each mode's log-prob check")
     p.add_argument("--budget-s", type=float, default=480, help="--levers: skip the remaining rows after this long")
+    p.add_argument("--threads", type=int, help="torch CPU threads (a shared CPU box: 1 keeps process CPU seconds honest)")
     p.add_argument("--json", help="write all figures here")
     args = p.parse_args()
 
@@ -476,6 +494,8 @@ def main() -> None:
     from bgwork.rollout import EpisodeRunner
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.no_cudnn_sdp:
         # torch picks cuDNN attention on Hopper, which builds an execution plan per new shape; a dynamic-cache
         # decode meets a new key length every step, and on an H100 these builds outweighed the math (2.7x at B=1).
@@ -505,6 +525,7 @@ def main() -> None:
                                                                                          "LFM2-350M shape"),
             "tiny": args.tiny, "turns": args.turns, "action_tokens": args.action_tokens,
             "prompt_range": args.prompt_range, "turn_tokens": args.turn_tokens, "group_size": args.group_size,
+            "cpu_threads": torch.get_num_threads(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     print(json.dumps(info))
     results = {"info": info, "rows": []}
