@@ -264,7 +264,8 @@ class Workload:
         return cached_episodes(turns_api, n, seed, turns, self.prompt_range, self.turn_tokens, self.group)
 
 
-def measure_batched(runner, model, tag, sizes, reps, turns, seed, log, work: Workload = Workload()) -> list[dict]:
+def measure_batched(runner, model, tag, sizes, reps, turns, seed, log, work: Workload | None = None) -> list[dict]:
+    work = work or Workload()
     rows = []
     for b in sizes:
         first = rates([play(runner, model, work.episodes(runner.turns, b, seed + 1000 * b, turns), turns)])
@@ -359,12 +360,15 @@ def run_levers(args, model, tokenizer, results: dict, log, make_runner) -> None:
 
     work = Workload(tuple(args.prompt_range), args.turn_tokens, args.group_size)
     t_start = time.perf_counter()
-    budget_left = lambda: args.budget_s - (time.perf_counter() - t_start)  # noqa: E731
+
+    def budget_left() -> float:
+        return args.budget_s - (time.perf_counter() - t_start)
+
     results["reference"], results["modes"], results["logprob_check"] = [], {}, {}
     for b in args.reference_batch_sizes:
         try:
             ref = {"batch": b, **reference_generate(model, tokenizer.pad_token_id, b, 512, 24, 3, static=True)}
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (reported in the table; the modes still run)
             ref = {"batch": b, "error": f"{type(e).__name__}: {e}"}
         results["reference"].append(ref)
         print("reference (HF generate, 1 turn, 512 + 24 tokens, static cache):", ref, flush=True)
@@ -396,7 +400,7 @@ def run_levers(args, model, tokenizer, results: dict, log, make_runner) -> None:
             if runner.decoder is not None:
                 info["decoder_stats"] = dict(runner.decoder.stats)
                 print(f"{name} decoder stats:", info["decoder_stats"], flush=True)
-        except Exception as e:  # report it and go on with the other modes
+        except Exception as e:  # noqa: BLE001  (report it and go on with the other modes)
             info["error"] = f"{type(e).__name__}: {e}"
             info["traceback"] = traceback.format_exc()[-3000:]
             print(f"{name} FAILED: {info['error']}\n{info['traceback']}", flush=True)

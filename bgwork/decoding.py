@@ -170,7 +170,7 @@ def forward(arch: _Arch, ids, pos, newv, slots, c: _View):
     ids, pos, newv: [rows, S] token ids, true positions, and which inputs are real (left padding is not);
     slots: [S] arena slots the inputs occupy (all rows alike); c: the rows' cache over a window that holds them.
     """
-    rows, S = ids.shape
+    S = ids.shape[1]
     x = arch.embed(ids)
     cos, sin = arch.rotary(x, pos)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -266,7 +266,7 @@ class Decoder:
                       "decode_steps": 0, "graphs": 0, "capture_s": 0.0, "compile_s": 0.0}
 
     @classmethod
-    def for_runner(cls, runner) -> "Decoder":
+    def for_runner(cls, runner) -> Decoder:
         """Configured from an EpisodeRunner: its EOS ids, sampling settings and `rollout` params."""
         p = runner.params
         return cls(eos_ids=runner.turns.eos_ids, pad_id=runner.tokenizer.pad_token_id,
@@ -375,7 +375,7 @@ class Decoder:
         rows, out, p = self.rows, [], 0
         for s in seqs:
             found = -1
-            for r in itertools.chain(range(p, len(rows)), range(0, p)):
+            for r in itertools.chain(range(p, len(rows)), range(p)):
                 n = len(rows[r])
                 if n < len(s) and s[n - 1] == rows[r][-1] and s[:n] == rows[r]:
                     found, p = r, r + 1
@@ -551,7 +551,7 @@ class Decoder:
         if g is None:
             try:
                 g = self._capture(rows, window)
-            except Exception as e:  # never lose a rollout to an optimisation: say so, and go on without it
+            except Exception as e:  # noqa: BLE001  (never lose a rollout to an optimisation: say so, go on without it)
                 what = "torch.compile" if self._step is not forward else "CUDA graph capture"
                 log.warning("decode step: %s failed (%s: %s); continuing without it", what, type(e).__name__, e)
                 self.stats["fallback"] = f"{what}: {type(e).__name__}: {e}"

@@ -32,7 +32,7 @@ def smollm2():
 def hf_greedy(model, seq, max_new, eos):
     """Plain transformers greedy generation of one unpadded sequence, cut after the first EOS."""
     out = model.generate(input_ids=torch.tensor([seq]), attention_mask=torch.ones(1, len(seq), dtype=torch.long),
-                         do_sample=False, max_new_tokens=max_new, eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0])
+                         do_sample=False, max_new_tokens=max_new, eos_token_id=sorted(eos), pad_token_id=min(eos))
     ids = out[0, len(seq):].tolist()
     return ids[:next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))]
 
@@ -97,7 +97,7 @@ def plain_logprobs(model, seq, start, ids, temperature):
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
 
 
-@pytest.mark.parametrize("levers", [dict(), dict(carry_cache=False, share_prefix=False)])
+@pytest.mark.parametrize("levers", [{}, {"carry_cache": False, "share_prefix": False}])
 def test_sampled_logprobs_match_a_plain_forward(tiny, levers):
     model = tiny.model.eval()
     rng = random.Random(1)
