@@ -221,6 +221,16 @@ class RolloutParams(_Section):
     env_retries: int = _f(3, "an episode hit by an infrastructure failure (server down, session lost) is re-run this "
                           "often", min=0, max=20)
     env_workers: int = _f(4, "parallel env requests (threads); at most env.max_sessions are useful", min=1, max=64)
+    fast_generation: bool = _f(True, "generate with bgwork.decoding (LFM2 and Llama models; other models and false: "
+                                     "transformers' generate)")
+    carry_kv_cache: bool = _f(True, "fast_generation: keep each episode's cache across turns, so a turn prefills only "
+                                    "the tokens appended since the last")
+    share_prompt_prefill: bool = _f(True, "fast_generation: prefill identical prompts (a group's) and the prefix all "
+                                          "new episodes share once")
+    cuda_graphs: bool = _f(True, "fast_generation on CUDA: replay the decode step as captured CUDA graphs (bucketed "
+                                 "batch sizes, captured once per process)")
+    compile_decode: bool = _f(False, "fast_generation with cuda_graphs: torch.compile the decode step before capturing "
+                                     "it (fewer kernels; compiles once per process)")
 
     def _check(self) -> None:
         if not self.tasks:

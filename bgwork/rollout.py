@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bgwork import decoding
 from bgwork.actions import parse_model_output
 from bgwork.config import RolloutParams
 from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
@@ -116,8 +117,11 @@ class EpisodePlayer:
         self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
         self.outage_s = 0.0  # seconds the last play() waited for a server that went away, for logging
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
+        self.decoder = None  # bgwork.decoding.Decoder (rollout.fast_generation), made on first use
 
     def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
         self.sessions.close_all()
         self.pool.shutdown(wait=True)
 
@@ -177,6 +181,8 @@ class EpisodePlayer:
             for e, (ids, _) in zip(live, outputs):
                 if not e.finished and not e.lost:
                     self._append_next_turn(e, self.turns.ends_with_eos(ids))
+        if self.decoder is not None:
+            self.decoder.reset()  # the wave's episodes are over: drop their caches
         for e in wave:
             e.finished = True
             if e.lost:
@@ -246,6 +252,11 @@ class EpisodePlayer:
         if self.vllm is not None:
             return self._generate_vllm(sequences)
         device = next(model.parameters()).device
+        if self.params.fast_generation and decoding.supports(model):
+            if self.decoder is None:
+                self.decoder = decoding.Decoder.for_player(self)
+            with _generation_attention(device):
+                return self.decoder.generate(model, sequences)
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
