@@ -23,6 +23,8 @@ SUCCESS_RATE = "success_rate"  # share of scored episodes that solved their task
 FORMAT_ERROR_RATE = "format_error_rate"  # share of actions that were not a well-formed call
 EPISODE_STEPS = "episode_steps"  # mean browser actions per episode
 ENV_RETRIES = "env_retries"  # mean re-runs per episode after infrastructure failures
+EPISODES = "episodes"  # episodes of the generation batch, every rank's
+EPISODES_LOST = "episodes_lost"  # of those, still lost to infrastructure after every retry: unscored, never 0
 
 
 def per_task(metric: str, task: str) -> str:

@@ -12,6 +12,7 @@ Layout under the run dir:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,7 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bgwork.config import ConfigError, LoraParams, Params, RolloutParams, TrainParams, generation_batch_size
+from bgwork import ranks
+from bgwork.config import (
+    ConfigError,
+    LoraParams,
+    Params,
+    RolloutParams,
+    TrainParams,
+    generation_batch_size,
+    global_generation_batch_size,
+)
 from bgwork.curriculum import decode_spec, train_dataset
 
 log = logging.getLogger(__name__)
@@ -44,8 +54,9 @@ def describe(params: Params) -> str:
     """One line for a notebook: what will be trained, on what, for how long, where."""
     t, lora = params.train, params.lora
     kind = f"LoRA r={lora.r}" if lora.enabled else "full fine-tune"
+    procs = f" ({t.num_processes} processes x {generation_batch_size(t)})" if t.num_processes > 1 else ""
     return (f"model {params.model.name} ({kind}), tasks {params.rollout.tasks}, {t.max_steps} steps x "
-            f"{generation_batch_size(t)} episodes, on {device_and_dtype(params.model.dtype)[0]}")
+            f"{global_generation_batch_size(t)} episodes{procs}, on {device_and_dtype(params.model.dtype)[0]}")
 
 
 def check_tasks_exist(rollout: RolloutParams, available: list[str]) -> None:
@@ -131,7 +142,8 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         output_dir=str(output_dir), max_steps=t.max_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         num_generations=t.num_generations, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, generation_batch_size=generation_batch_size(t),
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        generation_batch_size=global_generation_batch_size(t),  # TRL's is over all processes
         beta=t.beta, loss_type=t.loss_type, scale_rewards=t.scale_rewards, epsilon=t.epsilon,
         num_iterations=t.num_iterations, temperature=t.temperature, max_completion_length=t.max_completion_length,
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, gradient_checkpointing=t.gradient_checkpointing,
@@ -140,6 +152,7 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         bf16=on_gpu and params.model.dtype in ("auto", "bfloat16"), use_cpu=not on_gpu,
         use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, report_to=["tensorboard"], logging_first_step=True,
         log_completions=False, shuffle_dataset=False, dataloader_num_workers=0,
+        disable_tqdm=ranks.launched(),  # launched: the notebook shows one bar (bgwork.launch)
     )
 
 
@@ -169,6 +182,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     from trl import GRPOTrainer
 
     from bgwork.models import resolve_model
+    from bgwork.replicas import session_budget
     from bgwork.rewards import reward_functions
     from bgwork.rollout import EpisodePlayer
 
@@ -177,7 +191,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     resolved = resolved or resolve_model(params.model.name, dtype=dtype)
     model, tokenizer = resolved.model, resolved.tokenizer
     peft_config = lora_config(params.lora, model) if params.lora.enabled else None
-    max_parallel = min(generation_batch_size(params.train), params.env.max_sessions)
+    max_parallel = min(generation_batch_size(params.train), session_budget(client, params.env))
     player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
     args = grpo_config(params, output_dir, device)
@@ -189,30 +203,36 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
 
 
 def _callbacks(params: Params, output_dir: Path) -> list:
+    from bgwork.launch import StepLines
+
+    steps = [StepLines()] if ranks.launched() else []  # launched: rank 0 reports steps to the notebook
     if params.guard.mode == "off":
-        return []
+        return steps
     from bgwork.guard import CollapseGuard
 
-    return [CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
+    return [*steps, CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
 
 
-def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=(),
+def train(params: Params, run_dir: str | Path, env_url: str | list[str], resolved=None, callbacks=(),
           after_warm_start=None) -> TrainResult:
     """Train under the run dir's training lock; resumes into the checkpoint's own output dir.
 
     `after_warm_start(resolved)`, if given, runs between a fresh warm start and GRPO (e.g. an evaluation)."""
-    from bgwork.envclient import EnvClient
     from bgwork.models import resolve_model
+    from bgwork.replicas import connect
     from bgwork.training_lock import training_lock
     from bgwork.warmstart import warm_start
 
     run_dir = Path(run_dir)
     resume = resolve_resume(params.train, run_dir)
-    output_dir = resume.parent if resume else new_output_dir(run_dir, params.model.name)
+    # every rank of a launched run writes into rank 0's dir (a timestamp may differ by a second between ranks)
+    output_dir = ranks.same_as_rank0(resume.parent if resume else new_output_dir(run_dir, params.model.name))
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it
     dtype = device_and_dtype(params.model.dtype)[1]
-    env = EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout)
-    with training_lock(run_dir), env as client:
+    env = connect(env_url, params.env)
+    # launched: the notebook process that started `accelerate launch` holds the run dir's lock
+    lock = contextlib.nullcontext() if ranks.launched() else training_lock(run_dir)
+    with lock, env as client:
         warm_dir = output_dir / "warmstart"
         if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
             resolved = resolve_model(str(warm_dir), dtype=dtype)
@@ -228,8 +248,9 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
         finally:
             player.close()
         final_dir = output_dir / "final"
-        trainer.save_model(str(final_dir))
-        trainer.processing_class.save_pretrained(str(final_dir))
+        trainer.save_model(str(final_dir))  # rank 0 only under data parallelism
+        if trainer.args.should_save:
+            trainer.processing_class.save_pretrained(str(final_dir))
     guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
     return TrainResult(output_dir, final_dir, trainer.state.global_step, list(trainer.state.log_history),
                        getattr(guard, "stop_reason", None))
