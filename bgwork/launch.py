@@ -97,8 +97,8 @@ def launch(params: Params, run_dir: str | Path, env_url: str | list[str], stage:
     cmd = accelerate_command(params, stage, log_dir / "params.yaml", run_dir, urls)
     launched = Launched(cmd, log_dir)
     print(f"accelerate launch: {params.train.num_processes} processes, env {urls}; logs in {log_dir}", flush=True)
-    with training_lock(run_dir), open(log_dir / "rank-0.log", "w") as log:
-        log.write(" ".join(cmd) + "\n")
+    with training_lock(run_dir), open(log_dir / "rank-0.log", "a") as log:  # a resumed run's launch appends
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 text=True, bufsize=1, env=launch_env(), start_new_session=True)
         try:
@@ -134,25 +134,35 @@ def launch_env() -> dict:
 
 
 def _follow(proc: subprocess.Popen, log, launched: Launched, train) -> None:
-    """Copy rank 0's output into its log, print it, and turn its step lines into one progress bar."""
-    from bgwork.progress import progress
+    """Copy rank 0's output into its log and print it; its step lines drive one progress bar (headless, where a
+    text bar would be redrawn around every printed line, one short line per step instead)."""
+    from bgwork.progress import headless, progress
 
-    bar = progress(total=train.max_steps, desc=f"GRPO steps ({train.num_processes} processes)", unit="step")
+    desc = f"GRPO steps ({train.num_processes} processes)"
+    bar = None if headless() else progress(total=train.max_steps, desc=desc, unit="step")
+    started = time.time()
     try:
         for line in proc.stdout:
             log.write(line)
             log.flush()
             m = _STEP_LINE.match(line)
-            if m:
-                step, total, when = int(m[1]), int(m[2]), float(m[3])
-                launched.step_times.append((step, when))
+            if not m:
+                if bar:
+                    bar.write(line.rstrip("\n"))
+                else:
+                    print(line, end="", flush=True)
+                continue
+            step, total, when = int(m[1]), int(m[2]), float(m[3])
+            launched.step_times.append((step, when))
+            if bar:
                 bar.total, bar.n = total, step
                 bar.refresh()
-            else:
-                bar.write(line.rstrip("\n"))
+            elif step:
+                print(f"{desc}: {step}/{total}, {time.time() - started:.0f} s", flush=True)
         proc.wait()
     finally:
-        bar.close()
+        if bar:
+            bar.close()
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
@@ -278,7 +288,7 @@ def main(argv=None) -> int:
 def _write_output_to(path: Path) -> None:
     """Ranks > 0: stdout and stderr into their own log, so the notebook shows rank 0 alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)

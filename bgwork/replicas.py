@@ -45,8 +45,8 @@ def connect(env_url: str | list[str], env: EnvParams):
 
 
 def session_budget(client, env: EnvParams) -> int:
-    """Sessions this rank may hold at once: the servers' capacity (a ReplicaClient's summed max_sessions, else
-    env.max_sessions) shared by every rank of the run."""
+    """Sessions this rank may hold at once: the servers' capacity (a ReplicaClient's summed max_sessions of the
+    servers still alive, else env.max_sessions) shared by every rank of the run."""
     capacity = getattr(client, "max_sessions", None) or env.max_sessions
     return max(1, capacity // ranks.world_size())
 
@@ -68,8 +68,13 @@ class ReplicaClient:
         down = [f"{u}" for u, h in zip(self.urls, healths) if h is None]
         if down:
             raise ConnectionError(f"env servers {down}: GET /health did not answer 200; are they running?")
-        self.max_sessions = sum(int(h.get("max_sessions") or 0) for h in healths) or None
+        self._capacity = [int(h.get("max_sessions") or 0) for h in healths]
         self._check_same_tasks()
+
+    @property
+    def max_sessions(self) -> int | None:
+        """Sessions the servers still alive can hold together (it shrinks when one dies)."""
+        return sum(c for i, c in enumerate(self._capacity) if i not in self._dead) or None
 
     # --- EnvClient's interface ---------------------------------------------------------------------------
 

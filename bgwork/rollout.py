@@ -98,6 +98,11 @@ class SessionPool:
         while self.free:
             self.discard(self.free.pop())
 
+    def trim(self, n: int) -> None:
+        """Keep at most n idle sessions (the others would hold server capacity this player may no longer use)."""
+        while len(self.free) > n:
+            self.discard(self.free.pop(0))
+
 
 class EpisodePlayer:
     """Plays batches of (task, seed) episodes with a model; owns the browser sessions it uses."""
@@ -114,6 +119,7 @@ class EpisodePlayer:
         self.infra_failures = 0  # attempts voided by infrastructure failures, for logging
         self.timings = {"generate_s": 0.0, "env_s": 0.0}  # wall time of the last play(), for logging
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
+        self.budget = None  # optional callable: sessions usable now (shrinks when an env server replica dies)
 
     def close(self) -> None:
         self.sessions.close_all()
@@ -144,8 +150,10 @@ class EpisodePlayer:
     # --- waves --------------------------------------------------------------------------------------
 
     def _play_waves(self, model, episodes: list[Episode]) -> list[Episode]:
-        for start in range(0, len(episodes), self.max_parallel):
-            self._play_wave(model, episodes[start:start + self.max_parallel])
+        size = self.max_parallel if self.budget is None else max(1, min(self.max_parallel, self.budget()))
+        self.sessions.trim(size)
+        for start in range(0, len(episodes), size):
+            self._play_wave(model, episodes[start:start + size])
         return episodes
 
     def _play_wave(self, model, wave: list[Episode]) -> None:

@@ -194,6 +194,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     max_parallel = min(generation_batch_size(params.train), session_budget(client, params.env))
     player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
+    player.budget = lambda: session_budget(client, params.env)  # replicas that die take their share with them
     args = grpo_config(params, output_dir, device)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(params.rollout), args=args,
                           train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
