@@ -156,6 +156,7 @@ def logged(output_dir: Path) -> dict[str, list[float]]:
     return {tag: [v for _, v in sorted(zip(g["step"], g["value"]))] for tag, g in df.groupby("tag")}
 
 
+@pytest.mark.slow  # ~2.5 min on the 2-core box: the default suite keeps the replay run below
 @pytest.mark.browser
 @pytest.mark.timeout(1200)
 def test_notebook_03_on_two_ranks_and_two_live_replicas(tmp_path):
