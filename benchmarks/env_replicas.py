@@ -1,11 +1,13 @@
 """Episodes/s of live browser sessions spread over 1, 2, 4 env server replicas (`env.replicas`), same sessions.
 
-    .venv/bin/python benchmarks/env_replicas.py [--replicas 1 2 4] [--sessions 8] [--episodes 48]
+    .venv/bin/python benchmarks/env_replicas.py [--replicas 1 2 4] [--sessions 8] [--episodes 48] [--rounds 3]
 
 Each setting starts K embedded servers (live Chromium, env.max_sessions = sessions / K each) and plays
 `--episodes` scripted click-test episodes (reset + the scripted solution) from `--sessions` client threads through
 bgwork's ReplicaClient (least loaded server first), so the number of browsers is the same and only the number of
-Python interpreters serving them changes. Sessions are opened before the clock starts.
+Python interpreters serving them changes. Sessions are opened before the clock starts. The settings take turns
+for `--rounds` rounds (1, 2, 4, 1, 2, 4, ...) and each figure is the median of its rounds, so a load that drifts
+on a shared machine hits every setting alike.
 
 Besides episodes/s it measures the CPU time per episode of the servers' Python interpreters and of everything
 they started (Chromium, Playwright's driver), from which it projects a bigger host:
@@ -22,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 import threading
 import time
@@ -117,7 +120,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--sessions", type=int, default=8, help="browser sessions in all (client threads)")
-    p.add_argument("--episodes", type=int, default=48)
+    p.add_argument("--episodes", type=int, default=48, help="per setting and round")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--task", default="click-test")
     p.add_argument("--project-cores", type=int, default=16, help="the host the projection is for")
     p.add_argument("--json", help="write every figure here")
@@ -126,20 +130,23 @@ def main() -> int:
 
     info = {"cpus": os.cpu_count(), "load_before": [round(x, 2) for x in os.getloadavg()], "task": args.task}
     print(json.dumps(info), flush=True)
-    rows = []
-    for k in args.replicas:
-        rows.append(measure(k, args.sessions, args.episodes, args.task))
-        print(json.dumps(rows[-1]), flush=True)
+    runs = []
+    for _ in range(args.rounds):
+        for k in args.replicas:
+            runs.append(measure(k, args.sessions, args.episodes, args.task))
+            print(json.dumps(runs[-1]), flush=True)
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    rows = [median_row([r for r in runs if r["replicas"] == k]) for k in args.replicas]
 
     base = rows[0]["episodes_per_s"]
     print(f"\n{info['cpus']} cores, load {info['load_before']} -> {info['load_after']}, {args.sessions} live "
-          f"sessions, {args.episodes} scripted {args.task} episodes per setting")
-    print("| replicas | episodes/s | vs 1 replica | Python CPU s/episode | browser CPU s/episode |")
-    print("|---|---|---|---|---|")
+          f"sessions, {args.episodes} scripted {args.task} episodes per setting and round, median of {args.rounds}")
+    print("| replicas | episodes/s (median) | rounds | vs 1 replica | Python CPU s/episode | browser CPU s/episode |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['replicas']} | {r['episodes_per_s']:.2f} | {r['episodes_per_s'] / base:.2f}x "
-              f"| {r['python_cpu_s_per_episode']:.3f} | {r['browser_cpu_s_per_episode']:.3f} |")
+        print(f"| {r['replicas']} | {r['episodes_per_s']:.2f} | {', '.join(f'{x:.2f}' for x in r['rounds'])} "
+              f"| {r['episodes_per_s'] / base:.2f}x | {r['python_cpu_s_per_episode']:.3f} "
+              f"| {r['browser_cpu_s_per_episode']:.3f} |")
     # projection from the one-replica costs (the most interpreter-bound setting)
     py_s = rows[0]["python_cpu_s_per_episode"]
     total_s = py_s + rows[0]["browser_cpu_s_per_episode"]
@@ -150,8 +157,14 @@ def main() -> int:
     for k in (1, 2, 4, 8, 16):
         print(f"  {k:>2} replicas: ~{min(k / py_s, c / total_s):.1f} episodes/s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"info": info, "rows": rows, "runs": runs}, indent=1))
     return 0
+
+
+def median_row(runs: list[dict]) -> dict:
+    keys = ("episodes_per_s", "python_cpu_s_per_episode", "browser_cpu_s_per_episode")
+    return {"replicas": runs[0]["replicas"], "rounds": [r["episodes_per_s"] for r in runs],
+            **{k: statistics.median(r[k] for r in runs) for k in keys}}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ its own config file (multi-node: see docs/data-parallel.md).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -100,7 +101,8 @@ def launch(params: Params, run_dir: str | Path, env_url: str | list[str], stage:
     with training_lock(run_dir), open(log_dir / "rank-0.log", "a") as log:  # a resumed run's launch appends
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, bufsize=1, env=launch_env(), start_new_session=True)
+                                text=True, bufsize=1, env=launch_env(), start_new_session=True,
+                                preexec_fn=_end_with_this_process)
         try:
             _follow(proc, log, launched, params.train)
         finally:
@@ -163,6 +165,13 @@ def _follow(proc: subprocess.Popen, log, launched: Launched, train) -> None:
     finally:
         if bar:
             bar.close()
+
+
+def _end_with_this_process() -> None:
+    """In the launcher's child, before exec: Linux SIGTERMs it when the notebook's kernel dies (torchrun then ends
+    the ranks), so a killed kernel leaves no training behind. Its own session keeps Ctrl-C away from it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 30.0) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from bgwork import metrics as m
@@ -21,7 +22,7 @@ from bgwork import models
 from bgwork.config import ConfigError, EnvParams, global_generation_batch_size
 from bgwork.embedded import embedded_replicas
 from bgwork.envclient import ServerUnavailable
-from bgwork.launch import accelerate_command, launch, launch_env, read_result
+from bgwork.launch import LaunchFailed, accelerate_command, launch, launch_env, read_result
 from bgwork.params import ParamsError, load_params
 from bgwork.ranks import unshare
 from bgwork.replicas import NoEnvServerLeft, ReplicaClient
@@ -76,6 +77,18 @@ def test_shares_come_back_in_order_and_metrics_count_every_episode():
     out = episode_metrics(["a", "a", "b", "b"], [True, None, False, True], [0, 1, 0, 0], [1, 2, 1, 1], [1, 4, 1, 1])
     assert out[m.EPISODES] == 4 and out[m.EPISODES_LOST] == 1 and out[m.SUCCESS_RATE] == 2 / 3
     assert out[m.ENV_RETRIES] == 3 / 4
+
+
+def test_a_failed_launch_says_why_and_leaves_nothing_running(tmp_path):
+    """Two ranks whose env servers are gone: the launch fails with the failing rank's own words."""
+    p = load_params(ROOT / "params/tiny.yaml", DP)
+    dead = ["http://127.0.0.1:9", "http://127.0.0.1:19"]  # discard / chargen: nothing listens there
+    with pytest.raises(LaunchFailed, match=r"(?s)exited with code 1.*rank-1.log ends with.*ConnectionError: env "
+                                           r"servers \['http://127.0.0.1:9', 'http://127.0.0.1:19'\]"):
+        launch(p, tmp_path, dead, "train")
+    assert not (tmp_path / "TRAINING.lock").exists() and not (tmp_path / "launch" / "result.json").exists()
+    ours = [q for q in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(q.info["cmdline"] or [])]
+    assert not ours
 
 
 # --- replay replicas behind one client ----------------------------------------------------------------------
