@@ -77,6 +77,21 @@ class EnvParams(_Section):
     outage_timeout_s: float = _f(120.0, "how long episodes lost to a server that went away wait for GET /health to "
                                  "answer again before they re-run; past it a checkpoint is saved and training stops "
                                  "with an error", min=0.0)
+    urls: list[str] = _f([], "several external envservers (instead of env.url): new sessions go to the least loaded "
+                         "one (GET /health's active_sessions); a server that dies is left out and its episodes re-run")
+    replicas: int = _f(1, "embedded mode: start this many server processes on free loopback ports, each with "
+                       "env.max_sessions (live or replay); one interpreter per replica keeps many browsers from "
+                       "queueing behind one", min=1, max=64)
+
+    def _check(self) -> None:
+        if self.urls and self.url:
+            raise ConfigError(f"env.url = {self.url} and env.urls = {self.urls}: set one of them (env.urls for several "
+                              f"servers)")
+        if self.replicas > 1 and (self.url or self.urls):
+            raise ConfigError(f"env.replicas = {self.replicas} starts embedded servers, but env.url/env.urls name "
+                              f"external ones: set one of them")
+        if len(set(self.urls)) != len(self.urls):
+            raise ConfigError(f"env.urls = {self.urls}: a server is listed twice")
 
 
 @dataclass
@@ -269,8 +284,8 @@ class TrainParams(_Section):
     num_generations: int = _f(4, "episodes per (task, seed) group; GRPO's advantage compares them", min=2)
     per_device_train_batch_size: int = _f(4, "episodes per forward/backward micro-batch", min=1)
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
-    generation_batch_size: int | None = _f(None, "episodes played together per generation round; null = batch size x "
-                                           "accumulation; a multiple of num_generations", min=1)
+    generation_batch_size: int | None = _f(None, "episodes each process plays per generation round; null = batch size "
+                                           "x accumulation; a multiple of num_generations", min=1)
     beta: float = _f(0.0, "KL coefficient against the reference model (0 = no reference model)", min=0.0)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = _f("dapo", "TRL loss normalisation")
     scale_rewards: Literal["group", "batch", "none"] = _f("group", "advantage scaling by the reward std of the group / "
@@ -289,6 +304,12 @@ class TrainParams(_Section):
     resume_from_checkpoint: str | None = _f(None, "'latest' (newest checkpoint in the run dir) or a checkpoint path")
     use_vllm: bool = _f(False, "generate with TRL's vLLM integration (optional extra, GPU only)")
     vllm_mode: Literal["colocate", "server"] = _f("colocate", "TRL vllm_mode")
+    num_processes: int = _f(1, "data-parallel training processes (GPUs; on CPU, processes); > 1: notebooks 02/03 start "
+                            "`accelerate launch` and each process plays generation_batch_size episodes per round",
+                            min=1, max=1024)
+    accelerate_config: str | None = _f(None, "accelerate's own config file (`accelerate config`), handed to "
+                                       "`accelerate launch --config_file` (multi-node: num_processes counts every "
+                                       "process of every node); relative to the project root")
 
     def _check(self) -> None:
         gbs = generation_batch_size(self)
@@ -298,8 +319,14 @@ class TrainParams(_Section):
 
 
 def generation_batch_size(train: TrainParams) -> int:
-    """Episodes per generation round: the field, or (null) batch size x accumulation, as TRL resolves it."""
+    """Episodes one process plays per generation round: the field, or (null) batch size x accumulation."""
     return train.generation_batch_size or train.per_device_train_batch_size * train.gradient_accumulation_steps
+
+
+def global_generation_batch_size(train: TrainParams) -> int:
+    """Episodes per generation round over all processes (TRL's generation_batch_size): the per-process batch stays
+    the same when processes are added."""
+    return generation_batch_size(train) * train.num_processes
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 
-from bgwork.config import Params, RolloutParams, generation_batch_size
+from bgwork.config import Params, RolloutParams, global_generation_batch_size
 
 
 def task_weights(rollout: RolloutParams) -> dict[str, float]:
@@ -62,7 +62,7 @@ def train_dataset(params: Params, available: dict | None = None):
     from datasets import Dataset
 
     t = params.train
-    groups_per_step = generation_batch_size(t) // t.num_generations
+    groups_per_step = global_generation_batch_size(t) // t.num_generations  # every rank's groups
     n = (t.max_steps + 1) * groups_per_step  # one epoch covers the whole run: every group a fresh (task, seed)
     specs = episode_specs(params.rollout, n, params.seed, available=available)
     return Dataset.from_dict({"prompt": [encode_spec(*s) for s in specs]})

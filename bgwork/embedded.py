@@ -3,6 +3,9 @@
     with env_server(params.env, log_dir=run_dir) as url:
         client = EnvClient(url, ...)
 
+Several servers (`env.urls`, or `env.replicas: K` embedded ones, each a process with env.max_sessions) come as
+a list of URLs; `bgwork.replicas.connect(url, params.env)` takes either.
+
 The embedded server runs in its own process group (uvicorn + Playwright + Chromium) and is always stopped:
 on leaving the `with`, when the interpreter exits (weakref.finalize), and — on Linux — when the process
 that started it dies without cleaning up (a killed notebook kernel), through PR_SET_PDEATHSIG. That signal
@@ -40,8 +43,9 @@ class EmbeddedServer:
     """A `python -m envserver` child process; `.url` while it runs, `.stop()` ends its whole process group."""
 
     def __init__(self, env, log_path: str | Path | None = None, startup_timeout: float = 180.0,
-                 extra_args: tuple[str, ...] = (), port: int | None = None):
-        """`port`: a fixed loopback port (e.g. to restart a server where its clients expect it); None: a free one."""
+                 extra_args: tuple[str, ...] = (), port: int | None = None, wait: bool = True):
+        """`port`: a fixed loopback port (e.g. to restart a server where its clients expect it); None: a free one.
+        `wait=False` returns once the process is started; `wait_healthy()` then waits for it."""
         port = port or _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path or tempfile.mkstemp(prefix="envserver-", suffix=".log")[1])
@@ -54,11 +58,9 @@ class EmbeddedServer:
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)  # own group: stop() reaches Chromium too
         self._finalizer = weakref.finalize(self, _stop_group, self.proc)  # also runs at interpreter exit
-        try:
-            self._wait_healthy(startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self.startup_timeout = startup_timeout
+        if wait:
+            self.wait_healthy()
 
     @property
     def pid(self) -> int:
@@ -66,6 +68,14 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         self._finalizer()  # idempotent: a finalizer runs at most once
+
+    def wait_healthy(self) -> None:
+        """Return when /health answers; else stop the server and raise with the end of its log."""
+        try:
+            self._wait_healthy(self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -82,27 +92,59 @@ class EmbeddedServer:
 
 @contextlib.contextmanager
 def env_server(env, log_dir: str | Path | None = None):
-    """Yield the base URL of a healthy env server; stop it afterwards if we started it.
+    """Yield the base URL of a healthy env server, or the list of URLs of several; stop what we started.
 
-    `env` is an EnvParams (or its dict). With `env.url` set the server is external and only checked.
+    `env` is an EnvParams (or its dict). With `env.url` / `env.urls` set the servers are external and only checked;
+    else one embedded server starts, or `env.replicas` of them.
     """
     if isinstance(env, dict):
         from bgwork.params import load_params
         env = load_params(env=env).env
-    if env.url and getattr(env, "replay", None):
-        raise ValueError(f"env.replay = {env.replay} starts an embedded replay server, but env.url = {env.url} names "
-                         f"an external one: set one of them (python -m envserver --replay FILE serves a recording)")
+    external = env.url or getattr(env, "urls", None)
+    if external and getattr(env, "replay", None):
+        raise ValueError(f"env.replay = {env.replay} starts an embedded replay server, but env.url(s) = {external} "
+                         f"names an external one: set one of them (python -m envserver --replay FILE serves a "
+                         f"recording)")
     if env.url:
         token = env.token or os.environ.get("BGWORK_ENV_TOKEN")
         if not _healthy(env.url, token):
             raise ConnectionError(f"env.url = {env.url}: GET /health did not answer 200; is the envserver running?")
         yield env.url.rstrip("/")
         return
+    if getattr(env, "urls", None):
+        token = env.token or os.environ.get("BGWORK_ENV_TOKEN")
+        down = [u for u in env.urls if not _healthy(u, token)]
+        if down:
+            raise ConnectionError(f"env.urls: {down} did not answer 200 to GET /health; are those envservers running?")
+        urls = [u.rstrip("/") for u in env.urls]
+        yield urls if len(urls) > 1 else urls[0]
+        return
+    if getattr(env, "replicas", 1) > 1:
+        with embedded_replicas(env, log_dir) as servers:
+            yield [s.url for s in servers]
+        return
     server = EmbeddedServer(env, log_path=Path(log_dir) / "envserver.log" if log_dir else None)
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def embedded_replicas(env, log_dir: str | Path | None = None):
+    """env.replicas embedded servers, started together (logs: envserver-<i>.log), all stopped afterwards.
+
+    Started from this thread: PR_SET_PDEATHSIG ends a child when the *thread* that started it exits."""
+    started = []
+    try:
+        for i in range(env.replicas):
+            started.append(EmbeddedServer(env, Path(log_dir) / f"envserver-{i}.log" if log_dir else None, wait=False))
+        for server in started:
+            server.wait_healthy()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
 
 
 def replay_args(env) -> list[str]:

@@ -13,6 +13,7 @@ import json
 import random
 from pathlib import Path
 
+from bgwork import ranks
 from bgwork.config import Params
 from bgwork.curriculum import recorded_seeds, task_weights
 from bgwork.envclient import EnvClient
@@ -37,21 +38,26 @@ def eval_specs(params: Params, episodes_per_task: int, available: dict | None = 
 
 
 def evaluate(model, tokenizer, client: EnvClient, params: Params, episodes_per_task: int | None = None):
-    """(episodes, per-task table) of the model on held-out seeds, played in batches like training."""
+    """(episodes, per-task table) of the model on held-out seeds, played in batches like training.
+
+    Under data parallelism each rank plays its share of the episodes and every rank gets all of them back."""
+    from bgwork.replicas import session_budget
+
     n = episodes_per_task if episodes_per_task is not None else params.evaluation.episodes_per_task
     player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length,
-                           max_parallel=params.env.max_sessions, greedy=params.evaluation.greedy)
+                           max_parallel=session_budget(client, params.env), greedy=params.evaluation.greedy)
     try:
-        episodes: list[Episode] = player.play(model, eval_specs(params, n, client.seeds()))
+        mine: list[Episode] = player.play(model, ranks.share(eval_specs(params, n, client.seeds())))
     finally:
         player.close()
+    episodes = ranks.unshare(ranks.all_gather(mine))
     return episodes, success_table(episodes)
 
 
 # --- stages of a run (notebook 03) ---------------------------------------------------------------------------
 
-def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str):
+def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str | list[str]):
     """Held-out success of the untrained model, after the warm start (`evaluation.after_warmstart`), and after
     GRPO, with training in between: (TrainResult, {stage: per-task table}); no stages when
     `evaluation.episodes_per_task` is 0.
@@ -60,15 +66,17 @@ def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str)
     stage measures the same model on the same episodes; what GRPO itself added is "trained" - "warm-started".
     """
     from bgwork.models import resolve_model
+    from bgwork.replicas import connect
     from bgwork.trainer import device_and_dtype, train
 
     device, dtype = device_and_dtype(params.model.dtype)
     stages: dict = {}
-    with EnvClient(env_url, token=params.env.token, timeout=params.env.request_timeout) as client:
+    with connect(env_url, params.env) as client:
         def play(stage, resolved):
             if params.evaluation.episodes_per_task:
                 episodes, stages[stage] = evaluate(resolved.model, resolved.tokenizer, client, params)
-                save_episodes(run_dir, stage, episodes)
+                if ranks.is_main():
+                    save_episodes(run_dir, stage, episodes)
 
         base = resolve_model(params.model.name, dtype=dtype, device=device)
         play("untrained", base)

@@ -25,6 +25,8 @@ EPISODE_STEPS = "episode_steps"  # mean browser actions per episode
 ENV_RETRIES = "env_retries"  # mean re-runs per episode after infrastructure failures
 ENV_OUTAGE_S = "env/outage_s"  # seconds the step's rollout waited for an env server that went away (0: none)
 ENV_LOST = "env/frac_lost"  # share of episodes still lost after every re-run: unscored (reward None), never 0
+EPISODES = "episodes"  # episodes of the generation batch, every rank's
+EPISODES_LOST = "episodes_lost"  # of those, still lost to infrastructure after every retry: unscored, never 0
 
 
 def per_task(metric: str, task: str) -> str:

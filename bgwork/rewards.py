@@ -3,6 +3,9 @@
 
 An episode voided by infrastructure failures has env_reward None: returned as None, TRL leaves it out of
 the group baseline and gives it advantage 0 — it is never scored 0.
+
+Under data parallelism each rank scores only its own episodes; the episode metrics are computed from every
+rank's episodes (gathered here), so the logged success_rate of an N-rank run covers the whole batch.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from bgwork import metrics as m
+from bgwork import ranks
 from bgwork.config import RolloutParams
 
 
@@ -17,9 +21,10 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
     """The task's own reward (MiniWoB: 1 on success, 0 otherwise). Also logs success and format metrics."""
     log_metric = kwargs.get("log_metric")
     if log_metric is not None:
-        for name, value in episode_metrics(kwargs.get("task", []), kwargs.get("success", []),
-                                           kwargs.get("format_errors", []), kwargs.get("episode_steps", []),
-                                           kwargs.get("attempts", [])).items():
+        columns = [list(kwargs.get(k, [])) for k in ("task", "success", "format_errors", "episode_steps", "attempts")]
+        # every rank logs the same all-rank figures, so TRL's mean over ranks leaves them as they are
+        everyone = [sum(c, []) for c in zip(*ranks.all_gather(columns))]
+        for name, value in episode_metrics(*everyone).items():
             log_metric(name, value)
         for name, seconds in (kwargs.get("rollout_timings") or [{}])[0].items():
             log_metric(m.rollout_timing(name), seconds)
@@ -29,7 +34,8 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
 
 
 def episode_metrics(tasks, success, format_errors, steps, attempts) -> dict[str, float]:
-    """success_rate (overall and per task), format_error_rate (per action), episode_steps, infra retries."""
+    """success_rate (overall and per task), format_error_rate (per action), episode_steps, infra retries, and how
+    many episodes there were and how many of them stayed lost to infrastructure (unscored)."""
     out: dict[str, float] = {}
     scored = [(t, s) for t, s in zip(tasks, success) if s is not None]
     if scored:
@@ -44,6 +50,8 @@ def episode_metrics(tasks, success, format_errors, steps, attempts) -> dict[str,
         out[m.EPISODE_STEPS] = sum(steps) / len(steps)
     if attempts:
         out[m.ENV_RETRIES] = sum(a - 1 for a in attempts) / len(attempts)
+    out[m.EPISODES] = len(tasks)
+    out[m.EPISODES_LOST] = sum(s is None for s in success)
     if success:
         out[m.ENV_LOST] = sum(s is None for s in success) / len(success)
     return out

@@ -100,6 +100,11 @@ class SessionPool:
         while self.free:
             self.discard(self.free.pop())
 
+    def trim(self, n: int) -> None:
+        """Keep at most n idle sessions (the others would hold server capacity this player may no longer use)."""
+        while len(self.free) > n:
+            self.discard(self.free.pop(0))
+
 
 class EpisodePlayer:
     """Plays batches of (task, seed) episodes with a model; owns the browser sessions it uses."""
@@ -118,6 +123,7 @@ class EpisodePlayer:
         self.outage_s = 0.0  # seconds the last play() waited for a server that went away, for logging
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
         self.decoder = None  # bgwork.decoding.Decoder (rollout.fast_generation), made on first use
+        self.budget = None  # optional callable: sessions usable now (shrinks when an env server replica dies)
 
     def close(self) -> None:
         if self.decoder is not None:
@@ -137,7 +143,10 @@ class EpisodePlayer:
             lost = [i for i, e in enumerate(episodes) if e.lost]
             if not lost:
                 break
-            waited, _ = wait_until_up([self.client], self.client.outage_timeout_s, reason=episodes[lost[0]].lost)
+            servers = getattr(self.client, "clients", [self.client])  # a ReplicaClient's servers, or the one
+            waited, up = wait_until_up(servers, self.client.outage_timeout_s, reason=episodes[lost[0]].lost)
+            if hasattr(self.client, "revive"):
+                self.client.revive(up)
             self.outage_s += waited
             if not waited:  # the server never left: a lost session or browser; give it a moment to relaunch
                 time.sleep(min(2.0 * attempt, 10.0))
@@ -155,8 +164,10 @@ class EpisodePlayer:
     # --- waves --------------------------------------------------------------------------------------
 
     def _play_waves(self, model, episodes: list[Episode]) -> list[Episode]:
-        for start in range(0, len(episodes), self.max_parallel):
-            self._play_wave(model, episodes[start:start + self.max_parallel])
+        size = self.max_parallel if self.budget is None else max(1, min(self.max_parallel, self.budget()))
+        self.sessions.trim(size)
+        for start in range(0, len(episodes), size):
+            self._play_wave(model, episodes[start:start + size])
         return episodes
 
     def _play_wave(self, model, wave: list[Episode]) -> None:

@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bgwork import ranks
 from bgwork.checkpoint_io import checkpoint_problem
-from bgwork.config import ConfigError, LoraParams, Params, RolloutParams, TrainParams, generation_batch_size
+from bgwork.config import (
+    ConfigError,
+    LoraParams,
+    Params,
+    RolloutParams,
+    TrainParams,
+    generation_batch_size,
+    global_generation_batch_size,
+)
 from bgwork.curriculum import decode_spec, train_dataset
 
 log = logging.getLogger(__name__)
@@ -48,8 +57,9 @@ def describe(params: Params) -> str:
     """One line for a notebook: what will be trained, on what, for how long, where."""
     t, lora = params.train, params.lora
     kind = f"LoRA r={lora.r}" if lora.enabled else "full fine-tune"
+    procs = f" ({t.num_processes} processes x {generation_batch_size(t)})" if t.num_processes > 1 else ""
     return (f"model {params.model.name} ({kind}), tasks {params.rollout.tasks}, {t.max_steps} steps x "
-            f"{generation_batch_size(t)} episodes, on {device_and_dtype(params.model.dtype)[0]}")
+            f"{global_generation_batch_size(t)} episodes{procs}, on {device_and_dtype(params.model.dtype)[0]}")
 
 
 def check_tasks_exist(rollout: RolloutParams, available: list[str]) -> None:
@@ -146,7 +156,8 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         output_dir=str(output_dir), max_steps=t.max_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         num_generations=t.num_generations, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, generation_batch_size=generation_batch_size(t),
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        generation_batch_size=global_generation_batch_size(t),  # TRL's is over all processes
         beta=t.beta, loss_type=t.loss_type, scale_rewards=t.scale_rewards, epsilon=t.epsilon,
         num_iterations=t.num_iterations, temperature=t.temperature, max_completion_length=t.max_completion_length,
         max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay, gradient_checkpointing=t.gradient_checkpointing,
@@ -155,6 +166,7 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         bf16=on_gpu and params.model.dtype in ("auto", "bfloat16"), use_cpu=not on_gpu,
         use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, report_to=["tensorboard"], logging_first_step=True,
         log_completions=False, shuffle_dataset=False, dataloader_num_workers=0,
+        disable_tqdm=ranks.launched(),  # launched: the notebook shows one bar (bgwork.launch)
     )
 
 
@@ -183,6 +195,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     """(GRPOTrainer, EpisodePlayer) ready to train; `resolved` may pass an already loaded ResolvedModel."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from bgwork.models import resolve_model
+    from bgwork.replicas import session_budget
     from bgwork.rewards import reward_functions
     from bgwork.rollout import EpisodePlayer
 
@@ -191,9 +204,10 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     resolved = resolved or resolve_model(params.model.name, dtype=dtype)
     model, tokenizer = resolved.model, resolved.tokenizer
     peft_config = lora_config(params.lora, model) if params.lora.enabled else None
-    max_parallel = min(generation_batch_size(params.train), params.env.max_sessions)
+    max_parallel = min(generation_batch_size(params.train), session_budget(client, params.env))
     player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
+    player.budget = lambda: session_budget(client, params.env)  # replicas that die take their share with them
     args = grpo_config(params, output_dir, device)
     trainer = _grpo_trainer_class()(model=model, reward_funcs=reward_functions(params.rollout), args=args,
                           train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
@@ -212,14 +226,17 @@ def _grpo_trainer_class():
 
 
 def _callbacks(params: Params, output_dir: Path) -> list:
+    from bgwork.launch import StepLines
+
+    steps = [StepLines()] if ranks.launched() else []  # launched: rank 0 reports steps to the notebook
     if params.guard.mode == "off":
-        return []
+        return steps
     from bgwork.guard import CollapseGuard
 
-    return [CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
+    return [*steps, CollapseGuard(params.diagnostics, params.guard, run_dir=output_dir.parent)]
 
 
-def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, callbacks=(),
+def train(params: Params, run_dir: str | Path, env_url: str | list[str], resolved=None, callbacks=(),
           after_warm_start=None) -> TrainResult:
     """Train under the training lock of the run dir (and of the run dir a resumed checkpoint lives in); resumes
     into the checkpoint's own output dir.
@@ -229,21 +246,23 @@ def train(params: Params, run_dir: str | Path, env_url: str, resolved=None, call
     When the env server stays away past env.outage_timeout_s, the steps done so far are saved as a checkpoint
     before the error (bgwork.outage.EnvOutage) is raised."""
     from bgwork.checkpoint_io import save_final
-    from bgwork.envclient import EnvClient
     from bgwork.models import resolve_model
     from bgwork.outage import InfrastructureError
+    from bgwork.replicas import connect
     from bgwork.training_lock import training_lock
     from bgwork.warmstart import warm_start
 
     run_dir = Path(run_dir)
     resume = resolve_resume(params.train, run_dir)
-    output_dir = resume.parent if resume else new_output_dir(run_dir, params.model.name)
+    # every rank of a launched run writes into rank 0's dir (a timestamp may differ by a second between ranks)
+    output_dir = ranks.same_as_rank0(resume.parent if resume else new_output_dir(run_dir, params.model.name))
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")  # transformers 5 reads it
     dtype = device_and_dtype(params.model.dtype)[1]
     with contextlib.ExitStack() as stack:
-        for locked in dict.fromkeys([run_dir, output_dir.parent]):  # cleanup must leave both alone
-            stack.enter_context(training_lock(locked))
-        client = stack.enter_context(EnvClient.connect(env_url, params.env))
+        # launched: the notebook process that started `accelerate launch` holds the run dir's lock
+        for locked in [] if ranks.launched() else dict.fromkeys([run_dir, output_dir.parent]):
+            stack.enter_context(training_lock(locked))  # cleanup must leave both alone
+        client = stack.enter_context(connect(env_url, params.env))
         warm_dir = output_dir / "warmstart"
         if resume and (warm_dir / "config.json").exists():  # LoRA checkpoints hold adapters over the warm start
             warm = resolve_model(str(warm_dir), dtype=dtype)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bgwork import ranks
 from bgwork.config import Params, RolloutParams
 from bgwork.curriculum import episode_specs, task_weights
 from bgwork.envclient import EnvClient
@@ -74,7 +75,8 @@ def warm_start(params: Params, resolved, client: EnvClient, out_dir: Path, adapt
     specs = [(task, seed) for task in task_weights(params.rollout)
              for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train",
                                           available=client.seeds())]
-    demos = collect_demos(client, resolved.tokenizer, params.rollout, specs)
+    # data parallel: each rank plays its share, every rank fine-tunes on all of them (the same weights everywhere)
+    demos = sum(ranks.all_gather(collect_demos(client, resolved.tokenizer, params.rollout, ranks.share(specs))), [])
     if not demos:
         raise RuntimeError("warm start: no scripted demonstration succeeded; is the env server healthy?")
     model = resolved.model
@@ -87,11 +89,12 @@ def warm_start(params: Params, resolved, client: EnvClient, out_dir: Path, adapt
         resolved.model = model.merge_and_unload()
     # GRPO's LoRA adapters name their base after this: it must be the warm-started weights, not the original.
     resolved.model.config._name_or_path = resolved.model.name_or_path = str(out_dir)
-    resolved.model.save_pretrained(out_dir)
-    resolved.tokenizer.save_pretrained(out_dir)
     info = {"demos": len(demos), "episodes_tried": len(specs), "first_loss": losses[0], "last_loss": losses[-1],
             "steps": len(losses)}
-    write_json(Path(out_dir) / "warmstart.json", info)
+    if ranks.is_main():
+        resolved.model.save_pretrained(out_dir)
+        resolved.tokenizer.save_pretrained(out_dir)
+        write_json(Path(out_dir) / "warmstart.json", info)
     log.warning("warm start: %d demonstrations, SFT loss %.3f -> %.3f in %d steps", len(demos), losses[0], losses[-1],
                 len(losses))
     return info

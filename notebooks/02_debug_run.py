@@ -39,7 +39,7 @@ diagnostics = {}
 run_dir = None
 
 # %%
-from bgwork import curves, trainer
+from bgwork import curves, launch, trainer
 from bgwork.embedded import env_server
 from bgwork.params import load_params
 from bgwork.runs import record_metrics, use_run_dir
@@ -52,11 +52,12 @@ print(trainer.describe(params))
 
 # %% [markdown]
 # ## Train
-# All episodes of a step play together: one batched `generate` per turn, env steps in parallel sessions.
+# All episodes of a step play together: one batched `generate` per turn, env steps in parallel sessions. With
+# `train.num_processes` > 1 training runs in that many processes under `accelerate launch` (rank 0's log shows here).
 
 # %%
 with env_server(params.env, log_dir=run_dir) as url:
-    result = trainer.train(params, run_dir, url)
+    result = launch.train(params, run_dir, url)
 print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %% [markdown]

@@ -40,7 +40,7 @@ export = {}
 run_dir = None
 
 # %%
-from bgwork import curves, trainer
+from bgwork import curves, launch, trainer
 from bgwork import evaluation as ev
 from bgwork import gguf_export as gx
 from bgwork.embedded import env_server
@@ -57,11 +57,12 @@ print(trainer.describe(params))
 # ## Evaluate, train, evaluate
 # The untrained model plays the held-out episodes first; training then starts from the same weights. With a
 # warm start the same episodes are played again between it and GRPO (`evaluation.after_warmstart`), so the
-# report shows what GRPO itself added.
+# report shows what GRPO itself added. With `train.num_processes` > 1 all of it runs data-parallel under
+# `accelerate launch` (rank 0's log shows here) and the results are read back from the run dir.
 
 # %%
 with env_server(params.env, log_dir=run_dir) as url:
-    result, stages = ev.train_between_evaluations(params, run_dir, url)
+    result, stages = launch.train_between_evaluations(params, run_dir, url)
 print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %% [markdown]

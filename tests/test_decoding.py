@@ -144,7 +144,8 @@ def test_player_paths_agree(tiny):
     actions = {}
     for fast in (True, False):
         params = RolloutParams(max_action_tokens=6, fast_generation=fast)
-        player = EpisodePlayer(EnvClient("http://127.0.0.1:9"), tiny.tokenizer, params, greedy=True)  # never called
+        player = EpisodePlayer(EnvClient("http://127.0.0.1:9"), tiny.tokenizer, params, greedy=True,  # never called
+                               temperature=1.0, max_completion_length=64, max_parallel=4)
         try:
             actions[fast] = player.generate(model, seqs)
             assert (player.decoder is not None) == fast
