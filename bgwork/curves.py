@@ -12,9 +12,14 @@ from bgwork.metrics import CURVES, GRAD_NORM, STEP_TIME, SUMMARY
 
 
 def curves(output_dir: str | Path):
-    """Step-indexed frame of the run's TensorBoard scalars (one column per tag)."""
-    from bgwork.tbscalars import load_scalars, wide
+    """Step-indexed frame of the run's TensorBoard scalars (one column per tag); empty for a run without GRPO
+    steps (train.max_steps 0: the warm start only)."""
+    import pandas as pd
 
+    from bgwork.tbscalars import event_files, load_scalars, wide
+
+    if not Path(output_dir).is_dir() or not event_files(Path(output_dir)):
+        return pd.DataFrame()
     df = load_scalars(output_dir)
     return wide(df, df["run"].iloc[0])
 
@@ -24,6 +29,8 @@ def plot_curves(frame, tags=CURVES, title: str = ""):
     import matplotlib.pyplot as plt
 
     tags = [t for t in tags if t in frame]
+    if not tags:
+        return None
     fig, axes = plt.subplots(1, len(tags), figsize=(3.2 * len(tags), 2.8), squeeze=False)
     for ax, tag in zip(axes[0], tags):
         ax.plot(frame.index, frame[tag], marker="o", ms=3)

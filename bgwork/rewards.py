@@ -23,6 +23,8 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
             log_metric(name, value)
         for name, seconds in (kwargs.get("rollout_timings") or [{}])[0].items():
             log_metric(m.rollout_timing(name), seconds)
+        for name, value in (kwargs.get("sampling_stats") or [{}])[0].items():
+            log_metric(name, value)  # names from bgwork.metrics (sampling/..., curriculum/...)
     return [None if r is None else float(r) for r in env_reward]
 
 
