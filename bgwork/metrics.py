@@ -49,6 +49,10 @@ def rollout_timing(name: str) -> str:
 
 # What notebooks 02 and 03 plot per step, and what a run's summary reports.
 CURVES = [REWARD, REWARD_STD, ENTROPY, LOSS, SUCCESS_RATE, FORMAT_ERROR_RATE]
+# Notebook 03's second row of curves: do the groups carry a signal (TRL's frac_reward_zero_std on the trained groups,
+# the same share among all played ones, how many were played), and what the curriculum expects.
+SIGNAL_CURVES = [FRAC_REWARD_ZERO_STD, SAMPLING_FRAC_ZERO_STD_PLAYED, SAMPLING_GROUPS_PLAYED,
+                 CURRICULUM_EXPECTED_SIGNAL, ENTROPY_COEF]
 SUMMARY = CURVES + [GRAD_NORM, FRAC_REWARD_ZERO_STD, STEP_TIME, SAMPLING_FRAC_ZERO_STD_PLAYED,
                     SAMPLING_GROUPS_PLAYED, SAMPLING_SUCCESS_RATE_PLAYED]
 
