@@ -246,8 +246,19 @@ class RolloutParams(_Section):
                                  "batch sizes, captured once per process)")
     compile_decode: bool = _f(False, "fast_generation with cuda_graphs: torch.compile the decode step before capturing "
                                      "it (fewer kernels; compiles once per process)")
+    curriculum: Literal["fixed", "adaptive"] = _f("fixed", "fixed: tasks drawn by task_weights; adaptive: by the "
+                                                  "chance that a group of the task carries a learning signal under "
+                                                  "the policy's running success on it (largest at success 0.5, the "
+                                                  "edge of competence; bgwork.curriculum)")
+    curriculum_memory: float = _f(0.95, "adaptive: weight the running success of a task keeps per episode played "
+                                  "(EMA; 0.95 ~ the last 20 episodes)", min=0.0, max=0.999)
+    curriculum_floor: float = _f(0.05, "adaptive: every task keeps at least this share of the draws, so a task never "
+                                 "solved (or always solved) is still probed", min=0.0, max=1.0)
 
     def _check(self) -> None:
+        if self.curriculum == "adaptive" and self.curriculum_floor * len(self.tasks) > 1:
+            raise ConfigError(f"rollout.curriculum_floor = {self.curriculum_floor} x {len(self.tasks)} tasks exceeds "
+                              f"all the draws: use at most {1 / len(self.tasks):.3g}")
         if not self.tasks:
             raise ConfigError("rollout.tasks is empty: name at least one MiniWoB task, e.g. [click-test]")
         if len(set(self.tasks)) != len(self.tasks):
@@ -276,7 +287,7 @@ class TrainParams(_Section):
 
     _key = "train"
 
-    max_steps: int = _f(3, "optimizer steps", min=1)
+    max_steps: int = _f(3, "optimizer steps; 0 = no GRPO (the warm start only, e.g. an SFT-only arm)", min=0)
     learning_rate: float = _f(1e-4, "peak learning rate (LoRA default; a full fine-tune wants ~1e-6)", min=0.0)
     lr_scheduler_type: Literal["linear", "constant", "constant_with_warmup", "cosine"] = _f("constant_with_warmup",
                                                                                             "LR schedule after warmup")
@@ -310,8 +321,27 @@ class TrainParams(_Section):
     accelerate_config: str | None = _f(None, "accelerate's own config file (`accelerate config`), handed to "
                                        "`accelerate launch --config_file` (multi-node: num_processes counts every "
                                        "process of every node); relative to the project root")
+    entropy_coef: float = _f(0.0, "TRL: entropy bonus in the loss (0 = off); with use_adaptive_entropy its start value",
+                             min=0.0)
+    use_adaptive_entropy: bool = _f(False, "TRL (Skywork-OR1): raise entropy_coef by entropy_coef_delta each step "
+                                    "the entropy is below entropy_target, lower it otherwise")
+    entropy_target: float = _f(0.2, "TRL: target mean token entropy (nats) of adaptive entropy control; set it near "
+                               "the entropy of a healthy early step", min=0.0)
+    entropy_coef_min: float = _f(0.0, "TRL: lower bound of the adaptive entropy_coef", min=0.0)
+    entropy_coef_max: float = _f(1.0, "TRL: upper bound of the adaptive entropy_coef", min=0.0)
+    entropy_coef_delta: float = _f(0.005, "TRL: step of the adaptive entropy_coef", min=0.0)
+    top_entropy_quantile: float = _f(1.0, "TRL: train only on the top quantile of tokens by entropy (0.2 in 'Beyond "
+                                     "the 80/20 rule'; 1.0 = every token)", min=0.0, max=1.0)
+    dynamic_sampling: bool = _f(False, "DAPO dynamic sampling: play extra groups and train on groups whose rewards "
+                                "vary first (a group that all succeeds or all fails has advantage 0)")
+    max_resample_groups: int = _f(8, "dynamic sampling: extra groups played per generation round at most (the "
+                                  "cost cap); the batch is filled with zero-variance groups when they run out", min=0)
 
     def _check(self) -> None:
+        if self.use_adaptive_entropy and not self.entropy_coef_min <= self.entropy_coef <= self.entropy_coef_max:
+            raise ConfigError(f"train.entropy_coef = {self.entropy_coef} must lie within [train.entropy_coef_min, "
+                              f"train.entropy_coef_max] = [{self.entropy_coef_min}, {self.entropy_coef_max}] when "
+                              f"train.use_adaptive_entropy is true")
         gbs = generation_batch_size(self)
         if gbs % self.num_generations:
             raise ConfigError(f"train.generation_batch_size = {gbs} must be a multiple of "
@@ -356,6 +386,8 @@ class WarmstartParams(_Section):
     epochs: int = _f(2, "passes over the demonstrations", min=1)
     learning_rate: float = _f(1e-4, "AdamW learning rate of the warm start", min=0.0)
     batch_size: int = _f(4, "demonstrations per step", min=1)
+    tasks: list[str] | None = _f(None, "tasks that get demonstrations (a subset of rollout.tasks; null = all): GRPO "
+                                 "must learn the others from reward alone")
 
 
 @dataclass
@@ -368,6 +400,8 @@ class EvalParams(_Section):
     greedy: bool = _f(True, "greedy decoding (else sampling at train.temperature)")
     after_warmstart: bool = _f(True, "notebook 03: also evaluate between the warm start and GRPO, so the report shows "
                                "what GRPO itself added")
+    before_training: bool = _f(True, "notebook 03: evaluate the untrained model too (off for ablation arms that share "
+                               "one base evaluation)")
 
 
 @dataclass
@@ -398,6 +432,12 @@ class Params(_Section):
         if t.max_completion_length < r.max_action_tokens:
             raise ConfigError(f"train.max_completion_length = {t.max_completion_length} leaves no room for one "
                               f"action of rollout.max_action_tokens = {r.max_action_tokens}")
+        demo_tasks = self.warmstart.tasks
+        if demo_tasks is not None and (not demo_tasks or set(demo_tasks) - set(r.tasks)):
+            raise ConfigError(f"warmstart.tasks = {demo_tasks} must be a non-empty subset of rollout.tasks = {r.tasks} "
+                              f"(null = all of them)")
+        if t.max_steps == 0 and not self.warmstart.episodes_per_task:
+            raise ConfigError("train.max_steps = 0 (no GRPO) needs a warm start: warmstart.episodes_per_task > 0")
         n, (lo, hi) = self.evaluation.episodes_per_task, r.eval_seeds
         if n > hi - lo:
             raise ConfigError(f"evaluation.episodes_per_task = {n} exceeds the {hi - lo} seeds of "

@@ -3,11 +3,16 @@
 Tasks are drawn by `rollout.task_weights`, task seeds from `rollout.train_seeds` (training) or
 `rollout.eval_seeds` (held-out); the config guarantees both ranges are valid and never overlap.
 Each row of the training dataset names one GRPO group: `num_generations` episodes of the same (task, seed).
+
+With `rollout.curriculum: adaptive`, `Curriculum` draws the groups instead: it follows each task's running
+success under the current policy and samples a task by the chance that a group of it carries a learning signal
+(some episodes succeed, some fail), which is largest at success 0.5, the edge of competence.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 
 from bgwork.config import Params, RolloutParams, global_generation_batch_size
@@ -66,3 +71,89 @@ def train_dataset(params: Params, available: dict | None = None):
     n = (t.max_steps + 1) * groups_per_step  # one epoch covers the whole run: every group a fresh (task, seed)
     specs = episode_specs(params.rollout, n, params.seed, available=available)
     return Dataset.from_dict({"prompt": [encode_spec(*s) for s in specs]})
+
+
+# --- the adaptive curriculum ------------------------------------------------------------------------------------
+
+def signal_probability(success: float, group_size: int) -> float:
+    """Chance that a group of `group_size` episodes at this success rate is mixed (not all 0, not all 1): the only
+    groups whose GRPO advantage is non-zero. 0 at success 0 and 1, largest at 0.5."""
+    return 1.0 - success ** group_size - (1.0 - success) ** group_size
+
+
+class Curriculum:
+    """Draws (task, seed) groups during training and follows each task's running success.
+
+    `rollout.curriculum: fixed` draws tasks by `rollout.task_weights`; `adaptive` by `signal_probability` under the
+    running success, each task keeping `floor` of the draws. The running success is an exponential moving average
+    per episode (`memory` = weight kept per episode), starting from an uninformed 0.5 so every task is probed early.
+    Seeds come from the training range (or the replay's recorded pool), as in `episode_specs`.
+
+        cur = Curriculum(params.rollout, group_size=8, seed=0, available=client.seeds())
+        specs = cur.draw(4)                       # 4 (task, seed) groups
+        cur.update([(task, success), ...])        # after playing them
+    """
+
+    def __init__(self, rollout: RolloutParams, group_size: int, seed: int, available: dict | None = None,
+                 split: str = "train"):
+        self.fixed = task_weights(rollout) if rollout.curriculum == "fixed" else None
+        self.tasks = list(task_weights(rollout))
+        self.group_size, self.memory, self.floor = group_size, rollout.curriculum_memory, rollout.curriculum_floor
+        lo, hi = rollout.train_seeds if split == "train" else rollout.eval_seeds
+        self.pools = (recorded_seeds(available, self.tasks, lo, hi, split) if available is not None
+                      else {t: range(lo, hi) for t in self.tasks})
+        self.success = {t: 0.5 for t in self.tasks}
+        self.episodes = {t: 0 for t in self.tasks}  # played so far, for the report
+        self.rng = random.Random(f"curriculum:{seed}")
+
+    def reseed(self, seed: int, rank: int) -> None:
+        """Data-parallel ranks draw different groups: rank 0 keeps the single-process stream."""
+        self.rng = random.Random(f"curriculum:{seed}" + (f":{rank}" if rank else ""))
+
+    def weights(self) -> dict[str, float]:
+        """Task -> share of the draws: fixed, or `floor` each and the rest by the chance of a mixed group."""
+        if self.fixed is not None:
+            total = sum(self.fixed.values())
+            return {t: w / total for t, w in self.fixed.items()}
+        signal = {t: signal_probability(p, self.group_size) for t, p in self.success.items()}
+        total = sum(signal.values())
+        rest = 1.0 - self.floor * len(self.tasks)
+        if total <= 0:  # every task solved or failed for sure: spread evenly
+            return {t: 1.0 / len(self.tasks) for t in self.tasks}
+        return {t: self.floor + rest * signal[t] / total for t in self.tasks}
+
+    def draw(self, n: int) -> list[tuple[str, int]]:
+        w = self.weights()
+        tasks = self.rng.choices(list(w), weights=list(w.values()), k=n)
+        return [(t, self.rng.choice(self.pools[t])) for t in tasks]
+
+    def update(self, outcomes: list[tuple[str, bool]]) -> None:
+        """Fold one batch of (task, success) outcomes (lost episodes left out) into the running estimates."""
+        by_task: dict[str, list[bool]] = {}
+        for task, ok in outcomes:
+            by_task.setdefault(task, []).append(bool(ok))
+        for task, oks in by_task.items():
+            rate = sum(oks) / len(oks)
+            # A batch of n episodes weighs like n single updates: memory ** n of the old estimate is kept.
+            keep = self.memory ** len(oks)
+            self.success[task] = keep * self.success[task] + (1 - keep) * rate
+            self.episodes[task] += len(oks)
+
+    def state(self) -> dict:
+        return {"success": dict(self.success), "episodes": dict(self.episodes), "rng": self.rng.getstate()}
+
+    def load_state(self, state: dict) -> None:
+        self.success.update({t: float(v) for t, v in state["success"].items() if t in self.success})
+        self.episodes.update({t: int(v) for t, v in state["episodes"].items() if t in self.episodes})
+        self.rng.setstate(_as_tuple(state["rng"]))
+
+
+def _as_tuple(x):
+    """random.getstate() after a JSON round trip (lists) -> the nested tuples setstate wants."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def expected_signal(curriculum: Curriculum) -> float:
+    """Share of drawn groups expected to carry a signal under the current estimates (for the log)."""
+    w = curriculum.weights()
+    return math.fsum(w[t] * signal_probability(curriculum.success[t], curriculum.group_size) for t in w)

@@ -79,7 +79,8 @@ def train_between_evaluations(params: Params, run_dir: str | Path, env_url: str 
                     save_episodes(run_dir, stage, episodes)
 
         base = resolve_model(params.model.name, dtype=dtype, device=device)
-        play("untrained", base)
+        if params.evaluation.before_training:
+            play("untrained", base)
         warm = (lambda resolved: play("warm-started", resolved)) if params.evaluation.after_warmstart else None
         result = train(params, run_dir, env_url, resolved=base, after_warm_start=warm)
         play("trained", base)

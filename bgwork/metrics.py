@@ -28,6 +28,18 @@ ENV_LOST = "env/frac_lost"  # share of episodes still lost after every re-run: u
 EPISODES = "episodes"  # episodes of the generation batch, every rank's
 EPISODES_LOST = "episodes_lost"  # of those, still lost to infrastructure after every retry: unscored, never 0
 
+# --- logged by TRL when train.entropy_coef > 0 or train.use_adaptive_entropy ----------------------------------
+ENTROPY_COEF = "entropy_coef"  # the entropy bonus' coefficient (changes each step under adaptive control)
+
+# --- logged once per generation round by the group sampler (bgwork.dynamic_sampling, bgwork.curriculum) --------
+SAMPLING_GROUPS_PLAYED = "sampling/groups_played"  # groups played this round, extra dynamic-sampling ones included
+SAMPLING_FRAC_ZERO_STD_PLAYED = "sampling/frac_reward_zero_std_played"  # share of PLAYED groups without signal
+SAMPLING_SUCCESS_RATE_PLAYED = "sampling/success_rate_played"  # success over every played episode (the kept
+#   ones, which success_rate describes, lean toward mixed groups)
+CURRICULUM_EXPECTED_SIGNAL = "curriculum/expected_signal"  # share of drawn groups expected to carry signal
+CURRICULUM_SUCCESS = "curriculum/success"  # per task: curriculum/success/<task>, the running success estimate
+CURRICULUM_WEIGHT = "curriculum/weight"  # per task: curriculum/weight/<task>, its share of the draws
+
 
 def per_task(metric: str, task: str) -> str:
     """`success_rate/click-test`: a metric of one task of the curriculum."""
@@ -41,7 +53,12 @@ def rollout_timing(name: str) -> str:
 
 # What notebooks 02 and 03 plot per step, and what a run's summary reports.
 CURVES = [REWARD, REWARD_STD, ENTROPY, LOSS, SUCCESS_RATE, FORMAT_ERROR_RATE]
-SUMMARY = CURVES + [GRAD_NORM, FRAC_REWARD_ZERO_STD, STEP_TIME]
+# Notebook 03's second row of curves: do the groups carry a signal (TRL's frac_reward_zero_std on the trained groups,
+# the same share among all played ones, how many were played), and what the curriculum expects.
+SIGNAL_CURVES = [FRAC_REWARD_ZERO_STD, SAMPLING_FRAC_ZERO_STD_PLAYED, SAMPLING_GROUPS_PLAYED,
+                 CURRICULUM_EXPECTED_SIGNAL, ENTROPY_COEF]
+SUMMARY = CURVES + [GRAD_NORM, FRAC_REWARD_ZERO_STD, STEP_TIME, SAMPLING_FRAC_ZERO_STD_PLAYED,
+                    SAMPLING_GROUPS_PLAYED, SAMPLING_SUCCESS_RATE_PLAYED]
 
 # --- what the live guard (bgwork.guard) records in a run's metrics.json; notebook 04 reads it back -------------
 GUARD_MODE = "guard/mode"

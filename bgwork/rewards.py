@@ -30,6 +30,8 @@ def env_reward(completions, env_reward, **kwargs) -> list[float | None]:
             log_metric(m.rollout_timing(name), seconds)
         if kwargs.get("env_outage_s"):
             log_metric(m.ENV_OUTAGE_S, float(kwargs["env_outage_s"][0]))
+        for name, value in (kwargs.get("sampling_stats") or [{}])[0].items():
+            log_metric(name, value)  # names from bgwork.metrics (sampling/..., curriculum/...)
     return [None if r is None else float(r) for r in env_reward]
 
 

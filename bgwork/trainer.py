@@ -167,33 +167,71 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, report_to=["tensorboard"], logging_first_step=True,
         log_completions=False, shuffle_dataset=False, dataloader_num_workers=0,
         disable_tqdm=ranks.launched(),  # launched: the notebook shows one bar (bgwork.launch)
+        entropy_coef=t.entropy_coef, use_adaptive_entropy=t.use_adaptive_entropy, entropy_target=t.entropy_target,
+        entropy_coef_min=t.entropy_coef_min, entropy_coef_max=t.entropy_coef_max,
+        entropy_coef_delta=t.entropy_coef_delta, top_entropy_quantile=t.top_entropy_quantile,
     )
 
 
-def make_rollout_func(player):
-    """TRL calls this with the generation batch's prompts (each group's spec repeated num_generations times)."""
+def make_rollout_func(sampler, dataset_specs: bool):
+    """TRL calls this with the generation batch's prompts (each group's spec repeated num_generations times).
+
+    `dataset_specs`: play the groups the prompts name (the fixed curriculum); else the sampler's curriculum draws
+    them. With dynamic sampling the sampler may play more groups and keep those whose rewards vary
+    (bgwork.dynamic_sampling); the batch it returns has the prompts' size either way."""
     from trl.models import unwrap_model_for_generation
 
     from bgwork.rollout import to_rollout_output
 
     def rollout_func(prompts, trainer):
-        specs = [decode_spec(p) for p in prompts]
-        player.vllm = trainer.vllm_generation if trainer.use_vllm else None
+        g = trainer.args.num_generations
+        specs = [decode_spec(p) for p in prompts][::g] if dataset_specs else None
+        sampler.player.vllm = trainer.vllm_generation if trainer.use_vllm else None
         checkpointing = trainer.args.gradient_checkpointing_kwargs
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gradient_checkpointing_kwargs=checkpointing) as model:
-            episodes = player.play(model, specs)
+            episodes, stats = sampler.play(model, specs, len(prompts) // g)
         out = to_rollout_output(episodes)
-        out["rollout_timings"] = dict(player.timings)  # a scalar extra: every reward call sees it once
-        out["env_outage_s"] = player.outage_s
+        out["rollout_timings"] = dict(sampler.timings)  # scalar extras: every reward call sees them once
+        out["sampling_stats"] = stats
+        out["env_outage_s"] = sampler.outage_s
         return out
 
     return rollout_func
 
 
+class CurriculumCheckpoint:
+    """Saves the curriculum's running state with every checkpoint (`curriculum-<rank>.json`); `load` on resume."""
+
+    def __init__(self, curriculum, rank: int):
+        from transformers import TrainerCallback
+
+        self.curriculum, self.name = curriculum, f"curriculum-{rank}.json"
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                from bgwork.runs import write_json
+
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_json(ckpt / outer.name, outer.curriculum.state())
+
+        self.callback = _Callback()
+
+    def load(self, checkpoint: Path) -> None:
+        import json
+
+        path = Path(checkpoint) / self.name
+        if path.is_file():
+            self.curriculum.load_state(json.loads(path.read_text()))
+
+
 def build_trainer(params: Params, output_dir: Path, client, resolved=None, callbacks=()):
     """(GRPOTrainer, EpisodePlayer) ready to train; `resolved` may pass an already loaded ResolvedModel."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from bgwork.curriculum import Curriculum
+    from bgwork.dynamic_sampling import GroupSampler
     from bgwork.models import resolve_model
     from bgwork.replicas import session_budget
     from bgwork.rewards import reward_functions
@@ -209,10 +247,19 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
     player.budget = lambda: session_budget(client, params.env)  # replicas that die take their share with them
     args = grpo_config(params, output_dir, device)
+    available = client.seeds()
+    curriculum = Curriculum(params.rollout, params.train.num_generations, params.seed, available)
+    sampler = GroupSampler(player, curriculum, params.train, reward_functions(params.rollout))
+    dataset_specs = params.rollout.curriculum == "fixed"
+    saver = CurriculumCheckpoint(curriculum, rank=0)
     trainer = _grpo_trainer_class()(model=model, reward_funcs=reward_functions(params.rollout), args=args,
-                          train_dataset=train_dataset(params, client.seeds()), processing_class=tokenizer,
-                          peft_config=peft_config, rollout_func=make_rollout_func(player),
-                          callbacks=[*_callbacks(params, output_dir), *callbacks])
+                          train_dataset=train_dataset(params, available), processing_class=tokenizer,
+                          peft_config=peft_config, rollout_func=make_rollout_func(sampler, dataset_specs),
+                          callbacks=[*_callbacks(params, output_dir), saver.callback, *callbacks])
+    rank = trainer.accelerator.process_index  # each data-parallel rank draws its own groups
+    curriculum.reseed(params.seed, rank)
+    saver.name = f"curriculum-{rank}.json"
+    trainer.curriculum_checkpoint = saver
     return trainer, player
 
 
@@ -278,7 +325,11 @@ def train(params: Params, run_dir: str | Path, env_url: str | list[str], resolve
             warm_start(params, resolved, client, warm_dir, adapter)
             if after_warm_start:
                 after_warm_start(resolved)
+        if params.train.max_steps == 0:  # the warm start only (an SFT-only arm): its weights are the final model
+            return TrainResult(output_dir, warm_dir, 0, [])
         trainer, player = build_trainer(params, output_dir, client, resolved, callbacks)
+        if resume:
+            trainer.curriculum_checkpoint.load(resume)
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except InfrastructureError as e:

@@ -66,13 +66,19 @@ def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: l
     return demos
 
 
+def demo_tasks(params: Params) -> list[str]:
+    """The tasks the warm start demonstrates: warmstart.tasks, or (null) every task of the curriculum."""
+    return list(params.warmstart.tasks) if params.warmstart.tasks is not None else list(task_weights(params.rollout))
+
+
 def warm_start(params: Params, resolved, client: EnvClient, out_dir: Path, adapter=None) -> dict:
-    """SFT on scripted demonstrations (train seeds), in place; saved to out_dir. With a LoRA `adapter` (a peft
-    LoraConfig) the warm-start adapter is merged into the weights, and GRPO then trains a fresh one on top."""
+    """SFT on scripted demonstrations (train seeds) of `demo_tasks`, in place; saved to out_dir. With a LoRA
+    `adapter` (a peft LoraConfig) the warm-start adapter is merged into the weights, and GRPO then trains a fresh
+    one on top."""
     from bgwork.runs import write_json
 
     w = params.warmstart
-    specs = [(task, seed) for task in task_weights(params.rollout)
+    specs = [(task, seed) for task in demo_tasks(params)
              for _, seed in episode_specs(params.rollout, w.episodes_per_task, params.seed, split="train",
                                           available=client.seeds())]
     # data parallel: each rank plays its share, every rank fine-tunes on all of them (the same weights everywhere)
@@ -89,8 +95,8 @@ def warm_start(params: Params, resolved, client: EnvClient, out_dir: Path, adapt
         resolved.model = model.merge_and_unload()
     # GRPO's LoRA adapters name their base after this: it must be the warm-started weights, not the original.
     resolved.model.config._name_or_path = resolved.model.name_or_path = str(out_dir)
-    info = {"demos": len(demos), "episodes_tried": len(specs), "first_loss": losses[0], "last_loss": losses[-1],
-            "steps": len(losses)}
+    info = {"demos": len(demos), "tasks": demo_tasks(params), "episodes_tried": len(specs), "first_loss": losses[0],
+            "last_loss": losses[-1], "steps": len(losses)}
     if ranks.is_main():
         resolved.model.save_pretrained(out_dir)
         resolved.tokenizer.save_pretrained(out_dir)

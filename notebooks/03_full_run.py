@@ -40,7 +40,7 @@ export = {}
 run_dir = None
 
 # %%
-from bgwork import curves, launch, trainer
+from bgwork import ablation, curves, launch, metrics, trainer
 from bgwork import evaluation as ev
 from bgwork import gguf_export as gx
 from bgwork.embedded import env_server
@@ -77,6 +77,17 @@ table
 fig = ev.plot_stages(table)
 
 # %% [markdown]
+# ## GRPO's own share
+# With a warm start: trained minus warm-started success on the same held-out episodes, with a 95 % bootstrap
+# interval over the episodes (`bgwork.ablation`; nothing here without both stages). An interval above 0 means GRPO
+# added something the warm start did not. The ablation across runs (base, SFT-only, GRPO-only, SFT+GRPO) is
+# `benchmarks/ablation.py`.
+
+# %%
+grpo_share = ablation.stage_difference(run_dir)
+grpo_share
+
+# %% [markdown]
 # ## Curves per step
 # `reward` mean env reward, `reward_std` its spread (0 everywhere = no signal), `entropy` mean token entropy
 # (a sudden drop = collapse), `success_rate`, `format_error_rate` (actions that were not a well-formed call).
@@ -85,6 +96,18 @@ fig = ev.plot_stages(table)
 frame = curves.curves(result.output_dir)
 fig = curves.plot_curves(frame, title=f"{params.name}: {params.model.name}")
 
+# %% [markdown]
+# Do the groups carry a signal? `frac_reward_zero_std` is the share of trained groups whose rewards were all equal
+# (no advantage, nothing learned); `sampling/frac_reward_zero_std_played` the same share among every group played
+# (with `train.dynamic_sampling` the extra groups, `sampling/groups_played`, replace those first);
+# `curriculum/expected_signal` what `rollout.curriculum` expects from its draws. Below: each task's running success.
+
+# %%
+fig = curves.plot_curves(frame, tags=metrics.SIGNAL_CURVES, title="signal in the groups")
+
+# %%
+fig = curves.plot_per_task(frame, metrics.CURRICULUM_SUCCESS, title="running success per task (the curriculum)")
+
 # %%
 curves.curve_table(frame, last=20)
 
@@ -92,7 +115,8 @@ curves.curve_table(frame, last=20)
 # ## Figures
 
 # %%
-figures = curves.summary(result, frame) | ev.stage_metrics(stages, params.rollout.tasks)
+figures = (curves.summary(result, frame) | ev.stage_metrics(stages, params.rollout.tasks)
+           | ablation.stage_difference_metrics(grpo_share))
 record_metrics(run_dir, figures)
 figures
 

@@ -76,7 +76,8 @@ dx.events_frame(verdicts)
 
 # %% [markdown]
 # ## What to change
-# Each recommendation names the finding it answers and the GRPOConfig setting to change.
+# Each recommendation names the finding it answers and the bgwork param to change, as `bgwork run -p` takes it
+# (`train.entropy_coef=0.001`); most map one to one onto TRL's GRPOConfig.
 
 # %%
 recommendations = dx.recommend(verdicts, dx.peak_learning_rates(scalars))

@@ -89,7 +89,7 @@ def test_detectors_are_causal_so_live_and_offline_agree():
     assert live.findings[0].confirmed_step == 22
 
 
-@pytest.mark.parametrize("reward,regime,advice", [(0.0, "all failed", "reward_funcs=[]"),
+@pytest.mark.parametrize("reward,regime,advice", [(0.0, "all failed", "empty reward function list"),
                                                   (0.5, "mixed", "num_generations")])
 def test_deadlock_regimes(reward, regime, advice):
     steps = range(1, 13)
@@ -243,3 +243,65 @@ def test_first_gradient_after_zero_variance_steps_is_not_a_spike():
     real = pd.DataFrame({m.GRAD_NORM: [0.1, 0.0, 0.12, 0.0, 0.09, 0.11, 0.1, 0.0, 5.0]}, index=range(1, 10))
     (spike,) = dx.detect_spikes(real, p)
     assert spike.step == 9 and "previous non-zero points" in spike.detail
+
+
+# --- advice names params that exist ---------------------------------------------------------------------------
+
+def _every_finding() -> list:
+    """One finding of every kind and branch the advice distinguishes."""
+    f = dx.Finding
+    return [f("collapsed", 21, "", 22, {"early_median": 2.1, "preceding_spike": 20}),
+            f("collapsed", 21, "", 22, {"early_median": 0.8}),
+            *(f("deadlocked", 1, "", 8, {"regime": r}) for r in ("all solved", "all failed", "mixed")),
+            f("spike", 5, "", 5, {}), f("plateau", 10, "", 25, {"reward": 0.95}),
+            f("plateau", 10, "", 25, {"reward": 0.3})]
+
+
+def _section_fields(section: str) -> set[str]:
+    import dataclasses
+
+    from bgwork.config import Params
+
+    value = getattr(Params(), section, None)
+    assert dataclasses.is_dataclass(value), f"{section!r} is not a section of bgwork.config.Params"
+    return {f.name for f in dataclasses.fields(value)}
+
+
+def _setting_names() -> set[str]:
+    """Every name a reader could take for a setting: TRL GRPOConfig fields and every bgwork section's fields."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from bgwork.config import Params
+
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for section in dataclasses.fields(Params):
+        if dataclasses.is_dataclass(getattr(Params(), section.name)):
+            names |= _section_fields(section.name)
+    return names
+
+
+@pytest.mark.parametrize("lrs", [{}, {"r": 5e-6, "ok": 1e-6}])
+def test_every_piece_of_advice_names_params_that_exist(lrs):
+    """Each recommendation's `section.key=value` settings load together as `-p` overrides; a setting named without
+    its section (`entropy_coef=0.001`, which `-p` rejects as an unknown key) fails."""
+    import re
+
+    from bgwork.params import load_params
+
+    verdicts = [dx.Verdict("r", "collapsed", 21, "", 52, _every_finding()),
+                dx.Verdict("ok", "healthy", None, "", 36, [])]
+    rec = dx.recommend(verdicts, lrs)
+    assert len(rec) >= 10
+    settings = _setting_names()
+    for text in rec["recommendation"]:
+        for key in re.findall(r"\b([a-z]+\.[a-z_]+)\b", text):
+            section, name = key.split(".")
+            assert name in _section_fields(section), f"{key} in {text!r} is not a bgwork param"
+        assigned = re.findall(r"\b([a-z]+\.[a-z_]+)=(\S+?)(?=[\s,;:)]|$)", text)
+        load_params(overrides=[f"{k}={v}" for k, v in assigned])  # together, as a user would pass them
+        bare = {w for w in re.findall(r"(?<![.\w])([a-z][a-z_]*[a-z])\b", text) if w in settings and "_" in w}
+        bare |= set(re.findall(r"(?<![.\w])([a-z_]+)=", text))
+        bare -= {"reward_std", "grad_norm"}  # logged metrics the advice refers to, not settings
+        assert not bare, f"{sorted(bare)} named without its section in {text!r}"
