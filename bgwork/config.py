@@ -152,8 +152,10 @@ class CleanupParams(_Section):
     slim: bool = _f(True, "drop optimizer.pt / scheduler.pt / rng_state*.pth from kept checkpoints (not resumable "
                     "after)")
     slim_latest: bool = _f(False, "also slim each run's latest checkpoint (false keeps it resumable)")
-    copy_checkpoint: str | None = _f(None, "a checkpoint dir to copy out (before cleanup), e.g. the best one")
-    copy_to: str | None = _f(None, "destination of that copy (must not exist); optimizer state is left out")
+    copy_checkpoint: str | None = _f(None, "a checkpoint dir to copy out (before cleanup), e.g. the best one; "
+                                     "relative to the project root")
+    copy_to: str | None = _f(None, "destination of that copy (must not exist; relative to the project root); "
+                             "optimizer state is left out")
 
 
 @dataclass

@@ -6,6 +6,7 @@ each stage of a run, notebook 07 for any models under test (a model spec, a chec
 file played through llama.cpp), notebook 06 for each exported file; all through `evaluate`:
 
     result, stages = train_between_evaluations(params, run_dir, env_url)   # 03: {"untrained": table, ...}
+    results_table(stages); plot_success(stages); stages_verdict(stages, paired_table(load_run_episodes(run_dir)), ...)
     ev = evaluate_models(params, run_dir, env_url)                          # 07: every model of evaluate.models
     results_table(ev.tables); plot_success(ev.tables); paired_table(ev.records); transcripts_html(ev.records)
 
@@ -32,7 +33,6 @@ from bgwork.metrics import (
     EVAL_FIGURES,
     FORMAT_ERROR_RATE,
     MEAN_STEPS,
-    STAGES,
     SUCCESS_RATE,
     eval_diff_key,
     eval_key,
@@ -146,24 +146,32 @@ def viewing_picks(episodes: list[Episode]) -> list[int]:
     return sorted({i for seen in picks.values() for i in seen.values()})
 
 
-def stage_table(stages: dict):
-    """Stages side by side (columns: stage x metric, rows: tasks and "all"), rounded to 3 decimals for reading;
-    None when nothing was evaluated."""
-    import pandas as pd
+def stages_verdict(stages: dict, diffs, result, train) -> tuple[str, dict, bool]:
+    """(line, figures, ok) answering notebook 03's question: did training make the agent better on held-out
+    episodes? Without an evaluation (episodes_per_task 0), the training verdict of notebook 02."""
+    from bgwork.curves import curves as read_curves
+    from bgwork.curves import training_verdict
 
-    return pd.concat({s: stages[s] for s in STAGES if s in stages}, axis=1).round(3) if stages else None
-
-
-def plot_stages(table):
-    """Held-out success rate per task, one bar per stage."""
-    import matplotlib.pyplot as plt
-
-    if table is None:
-        return None
-    ax = table.xs(SUCCESS_RATE, axis=1, level=1).plot.bar(figsize=(8, 3.5), rot=0)
-    ax.set_ylabel("success rate (held-out seeds)")
-    plt.tight_layout()
-    return ax.figure
+    if not stages:
+        return training_verdict(result, read_curves(result.output_dir), train)
+    done = result.global_step >= train.max_steps or result.stopped_by_guard
+    rates = {stage: float(t.loc["all", SUCCESS_RATE]) for stage, t in stages.items()}
+    line = "held-out success " + " → ".join(f"{s} {r:.2f}" for s, r in rates.items())
+    figures = {f"{s}: success": f"{int(t.loc['all', 'successes'])}/{int(t.loc['all', 'episodes'])} = "
+                                f"{t.loc['all', SUCCESS_RATE]:.2f} [{t.loc['all', 'ci_low']:.2f}, "
+                                f"{t.loc['all', 'ci_high']:.2f}]" for s, t in stages.items()}
+    if diffs is not None:
+        for (task, label), d in diffs.iterrows():
+            if task == "all":
+                figures[f"{label} − {d['baseline']}"] = (f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+                                                         f"{', clear' if d['excludes_zero'] else ', within noise'}")
+        last = diffs.xs("all", level="task").iloc[-1] if "all" in diffs.index.get_level_values(0) else None
+        if last is not None:
+            line += (f"; {diffs.xs('all', level='task').index[-1]} − {last['baseline']}: {last['mean']:+.2f} "
+                     f"({'clear' if last['excludes_zero'] else 'within noise'})")
+    if not done:
+        line += f"; training ENDED EARLY at step {result.global_step} of {train.max_steps}"
+    return line, figures, done
 
 
 def stage_metrics(stages: dict, tasks: list[str]) -> dict:

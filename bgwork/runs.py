@@ -69,7 +69,7 @@ def project_path(path: str | Path) -> Path:
     """A path param as the user meant it: relative paths are relative to the project root (a notebook's kernel
     runs in notebooks/, a shell anywhere), `~` is expanded."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    return Path(os.path.normpath(p if p.is_absolute() else PROJECT_ROOT / p))
 
 
 # --- library output -> run.log ----------------------------------------------------------------------------------

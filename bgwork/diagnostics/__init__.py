@@ -25,10 +25,11 @@ from bgwork.diagnostics.report import (
                                           guard_table,
                                           plot_runs,
                                           record_verdicts,
+                                          runs_verdict,
                                           verdict_table,
 )
 
 __all__ = ["PLOT_TAGS", "Finding", "Verdict", "classify_regime", "coverage_table", "detect_collapse",
            "detect_deadlock", "detect_plateau", "detect_spikes", "diagnose", "diagnose_runs", "events_frame",
            "guard_summary", "guard_table", "peak_learning_rates", "plot_runs", "recommend", "record_verdicts",
-           "verdict_table"]
+           "runs_verdict", "verdict_table"]
