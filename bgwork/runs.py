@@ -59,9 +59,12 @@ def start_run(notebooks: list[str], params, root: Path | None = None) -> Path:
 
 def use_run_dir(run_dir: str | Path | None, notebook: str, params) -> Path:
     """In a notebook: the runner's run dir, or (run interactively, run_dir=None) a fresh one of its own.
-    From here on, library warnings and logs go to its run.log instead of the report."""
+    From here on, in a notebook, library warnings and logs go to its run.log instead of the report."""
     path = Path(run_dir) if run_dir else start_run([notebook], params)
-    library_output_to_log(path / "run.log")
+    from bgwork.progress import in_notebook_kernel
+
+    if in_notebook_kernel():  # a notebook's kernel (Lab or papermill); a script's stderr stays as it is
+        library_output_to_log(path / "run.log")
     return path
 
 

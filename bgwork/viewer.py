@@ -25,7 +25,7 @@ class EpisodeViewer:
             raise ValueError("no episode with a transcript to show (evaluations keep them since notebook 07)")
         self.pick = w.Dropdown(options=[(_title(label, r), i) for i, (label, r) in enumerate(self.episodes)],
                                description="episode", layout=w.Layout(width="640px"))
-        self.page = w.IntSlider(min=0, max=0, description="page", continuous_update=False)
+        self.page = w.IntSlider(min=1, max=1, description="page", continuous_update=False)
         self.back, self.forward = w.Button(description="◀", layout=w.Layout(width="48px")), \
             w.Button(description="▶", layout=w.Layout(width="48px"))
         self.image = w.Image(format="png", layout=w.Layout(max_width="340px", border="1px solid #ccc"))
@@ -47,20 +47,20 @@ class EpisodeViewer:
 
     def _episode_changed(self) -> None:
         _, r = self.current
-        self.page.max = len(r["transcript"]) - 1
-        if self.page.value == 0:
+        self.page.max = len(r["transcript"])
+        if self.page.value == 1:
             self._draw()
         else:
-            self.page.value = 0  # redraws through the observer
+            self.page.value = 1  # redraws through the observer
 
     def _draw(self) -> None:
         label, r = self.current
-        t = r["transcript"][self.page.value]
+        t = r["transcript"][self.page.value - 1]
         self.image.value = base64.b64decode(t["screenshot"]) if t.get("screenshot") else b""
         self.image.layout.display = None if t.get("screenshot") else "none"
-        last = self.page.value == len(r["transcript"]) - 1
+        last = self.page.value == len(r["transcript"])
         head = f"<b>{html.escape(label)}</b> · {html.escape(r['task'])} · seed {r['seed']} · " \
-               f"{'success' if r['success'] else 'failure'} · page {self.page.value + 1} of {len(r['transcript'])}"
+               f"{'success' if r['success'] else 'failure'} · page {self.page.value} of {len(r['transcript'])}"
         body = [f"<p><b>goal</b>: {html.escape(r.get('goal') or '')}</p>"]
         if t.get("output") is not None:
             body.append(f"<p><b>model wrote</b> <code>{html.escape(t['output'].strip()[:300])}</code><br>"

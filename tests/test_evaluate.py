@@ -158,16 +158,17 @@ def test_viewer_steps_through_episodes():
 
     recs = _records([True, False, True, False])
     viewer = EpisodeViewer({"m": episode_records(recs, ev.viewing_picks(recs))})
-    assert len(viewer.pick.options) == 4 and viewer.page.max == 1
+    assert len(viewer.pick.options) == 4 and viewer.page.max == 2
     assert viewer.image.value == PNG and "click(&#x27;13&#x27;)" in viewer.text.value
+    assert "page 1 of 2" in viewer.text.value
     viewer.forward.click()
-    assert viewer.page.value == 1 and viewer.image.value == b"" and "ended on" in viewer.text.value
+    assert viewer.page.value == 2 and viewer.image.value == b"" and "ended on" in viewer.text.value
     viewer.forward.click()
-    assert viewer.page.value == 1  # stays on the last page
+    assert viewer.page.value == 2  # stays on the last page
     viewer.pick.value = 1
-    assert viewer.page.value == 0 and "failure" in viewer.text.value
+    assert viewer.page.value == 1 and "failure" in viewer.text.value
     viewer.back.click()
-    assert viewer.page.value == 0
+    assert viewer.page.value == 1
     with pytest.raises(ValueError, match="no episode with a transcript"):
         EpisodeViewer({"m": episode_records(recs)})
 
