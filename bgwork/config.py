@@ -197,7 +197,8 @@ class ModelParams(_Section):
 
     _key = "model"
 
-    name: str = _f("bundled:smollm2-135m-instruct", "model spec: hub id (local HF cache), local directory, "
+    name: str = _f("bundled:smollm2-135m-instruct", "model spec: hub id (local HF cache), local directory (relative "
+                   "to the project root), "
                    "'bundled:smollm2-135m-instruct' (offline default) or 'tiny-random-lfm2' (tests)")
     dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "training dtype; auto: bfloat16 on a CUDA GPU, float32 "
                                                        "on CPU")

@@ -219,7 +219,7 @@ def model_under_test(spec: str, key: str = "evaluate.models") -> ModelUnderTest:
         parent = _STAMP.sub("", path.parent.name)  # <model>-browsergym-<UTC time>: the time says little here
         auto = f"{parent}/{path.name}" if path.name == "final" or path.name.startswith("checkpoint-") else path.name
         return ModelUnderTest(label or auto, kind, str(path))
-    if what.startswith((".", "/", "~")) or "/" in what.strip("/") and what.count("/") != 1:
+    if what.startswith((".", "/", "~")) or what.count("/") > 1:  # a path, not a hub id (org/name)
         raise FileNotFoundError(f"{key}: {spec!r}: no such file or directory ({path})")
     return ModelUnderTest(label or short_name(what), "model", what)  # a spec: bundled:..., tiny-random-lfm2, org/name
 
