@@ -446,3 +446,13 @@ def latest_checkpoint(root: str | Path | None = None) -> Path | None:
     """The newest complete checkpoint (by modification time) under root, for 'export the latest' defaults."""
     ckpts = [Path(c.path) for r in inventory(root) for c in r.checkpoints if not c.problem]
     return max(ckpts, key=lambda p: p.stat().st_mtime) if ckpts else None
+
+
+def cleanup_verdict(plan: Plan, inventory, applied: bool, removed: list) -> tuple[str, dict]:
+    """(line, figures) answering notebook 05's question: what do checkpoints cost, and what can go?"""
+    total = float(inventory["total MB"].sum()) if len(inventory) else 0.0
+    freed = plan.freed_bytes / 1e6
+    line = (f"removed {len(removed)} paths, {freed:.1f} MB freed of {total:.1f} MB in checkpoints" if applied else
+            f"dry run: {len(plan.actions)} actions would free {freed:.1f} MB of {total:.1f} MB in checkpoints")
+    return line, {"checkpoints": len(inventory), "MB in checkpoints": round(total, 1),
+                  "MB the plan frees": round(freed, 1), "runs left untouched": len(plan.untouched_runs)}

@@ -2,13 +2,25 @@
 
     frame = curves(result.output_dir)     # step-indexed, one column per logged metric (bgwork.metrics names)
     plot_curves(frame); plot_per_task(frame, "curriculum/success"); curve_table(frame); summary(result, frame)
+    training_verdict(result, frame, params.train)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bgwork.metrics import CURVES, GRAD_NORM, STEP_TIME, SUMMARY
+from bgwork.metrics import (
+    CURVES,
+    ENTROPY,
+    FORMAT_ERROR_RATE,
+    FRAC_REWARD_ZERO_STD,
+    GRAD_NORM,
+    REWARD,
+    REWARD_STD,
+    STEP_TIME,
+    SUCCESS_RATE,
+    SUMMARY,
+)
 
 
 def curves(output_dir: str | Path):
@@ -24,15 +36,18 @@ def curves(output_dir: str | Path):
     return wide(df, df["run"].iloc[0])
 
 
-def plot_curves(frame, tags=CURVES, title: str = ""):
-    """One small panel per metric against the optimizer step."""
+def plot_curves(frame, tags=CURVES, title: str = "", columns: int = 3):
+    """One panel per metric against the optimizer step, in a grid `columns` wide (readable at report width)."""
     import matplotlib.pyplot as plt
 
     tags = [t for t in tags if t in frame]
     if not tags:
         return None
-    fig, axes = plt.subplots(1, len(tags), figsize=(3.2 * len(tags), 2.8), squeeze=False)
-    for ax, tag in zip(axes[0], tags):
+    rows = max(1, -(-len(tags) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(tags):]:
+        ax.axis("off")
+    for ax, tag in zip(axes.flat, tags):
         ax.plot(frame.index, frame[tag], marker="o", ms=3)
         ax.set_title(tag)
         ax.set_xlabel("step")
@@ -77,3 +92,26 @@ def summary(result, frame) -> dict:
             out[f"final_{tag}"] = float(last[tag])
             out[f"mean_{tag}"] = float(frame[tag].mean())
     return {f"train/{k}": v for k, v in out.items()}
+
+
+def training_verdict(result, frame, train) -> tuple[str, dict, bool]:
+    """(line, figures, ok) answering notebook 02's question: did the run finish, did the env's rewards reach GRPO,
+    was there a learning signal (groups whose rewards differ), and how many actions were malformed?"""
+    def mean(tag):
+        return float(frame[tag].mean()) if tag in frame and len(frame) else float("nan")
+
+    done = result.global_step >= train.max_steps or result.stopped_by_guard
+    reward, signal, fmt = mean(REWARD), 1 - mean(FRAC_REWARD_ZERO_STD), mean(FORMAT_ERROR_RATE)
+    rewards = "rewards reached GRPO" if reward > 0 else "every episode scored 0 (no reward reached GRPO)"
+    signals = (f"a learning signal in {signal:.0%} of groups" if signal > 0 else
+               "no learning signal (every group's rewards were equal)")
+    ended = ("finished" if result.global_step >= train.max_steps else
+             "stopped by the guard" if result.stopped_by_guard else "ENDED EARLY")
+    line = (f"{result.global_step} of {train.max_steps} steps, {ended}; {rewards}; {signals}; "
+            f"{fmt:.0%} of actions malformed")
+    figures = {"steps": f"{result.global_step} of {train.max_steps}", "mean reward": mean(REWARD),
+               "mean reward_std": mean(REWARD_STD), "groups with a signal (1 − frac_reward_zero_std)": signal,
+               "format-error rate": fmt, "success rate": mean(SUCCESS_RATE)}
+    if ENTROPY in frame and len(frame):
+        figures["entropy first → last"] = f"{frame[ENTROPY].iloc[0]:.3g} → {frame[ENTROPY].ffill().iloc[-1]:.3g}"
+    return line, figures, done

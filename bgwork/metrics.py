@@ -78,3 +78,21 @@ def eval_success_key(stage: str, task: str | None = None) -> str:
     """metrics.json key of a stage's held-out success rate: eval/trained_success_rate[/click-test]."""
     key = f"eval/{STAGES[stage]}_{SUCCESS_RATE}"
     return per_task(key, task) if task else key
+
+# --- models under test (notebook 07; notebook 06's agent check): metrics.json eval/<model>/<metric>[/<task>] -----
+CI_LOW, CI_HIGH = "ci_low", "ci_high"  # the 95 % Wilson interval of a success rate
+MEAN_STEPS = "mean_steps"  # browser actions per held-out episode
+EVAL_FIGURES = [SUCCESS_RATE, CI_LOW, CI_HIGH, MEAN_STEPS, FORMAT_ERROR_RATE]
+DIFF_FIGURES = ["mean", "ci_low", "ci_high", "pairs"]  # bgwork.stats.paired_difference
+
+
+def eval_key(model: str, metric: str, task: str | None = None) -> str:
+    """metrics.json key of a model's held-out figure: eval/checkpoint-2/success_rate[/click-test]."""
+    key = f"eval/{model}/{metric}"
+    return per_task(key, task) if task else key
+
+
+def eval_diff_key(model: str, baseline: str, figure: str, task: str | None = None) -> str:
+    """The paired difference of success (model - baseline) on the same episodes: eval/diff/A-vs-B/mean[/task]."""
+    key = f"eval/diff/{model}-vs-{baseline}/{figure}"
+    return per_task(key, task) if task else key

@@ -8,7 +8,7 @@ Specs:
   For tests: fast, and learning nothing is expected of it.
 - `random:lfm2-350m`: LFM2-350M's exact shape (its public config.json) with random weights (fixed seed) and the
   SmolLM2 tokenizer: GPU throughput and memory work where the real weights cannot be had.
-- a local directory holding a transformers checkpoint.
+- a local directory holding a transformers checkpoint (a relative path is relative to the project root).
 - a Hugging Face hub id such as `LiquidAI/LFM2-350M`: taken from the local HF cache; downloaded only when
   the hub is reachable and HF_HUB_OFFLINE is not set.
 
@@ -69,7 +69,9 @@ def model_path(spec: str) -> str:
     if spec.startswith(("bundled:", "random:")):
         raise ModelNotFound(f"model {spec!r}: unknown built-in model; known: {BUNDLED_SMOLLM2!r}, "
                             f"{TINY_RANDOM_LFM2!r}, {RANDOM_LFM2_350M!r}")
-    local = Path(spec).expanduser()
+    from bgwork.runs import project_path
+
+    local = project_path(spec)  # a relative dir is relative to the project root, as every path param
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ModelNotFound(f"model {spec!r}: directory has no config.json (not a transformers checkpoint)")

@@ -37,3 +37,8 @@ def progress(iterable=None, **kwargs):
 def _in_notebook_ui() -> bool:
     shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
     return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def in_notebook_kernel() -> bool:
+    """Running in a Jupyter kernel: JupyterLab, or papermill headless."""
+    return _in_notebook_ui()

@@ -62,6 +62,10 @@ class Episode:
     actions: list[str] = field(default_factory=list)
     lost: str | None = None  # infrastructure failure that voided this attempt
     attempts: int = 1
+    # Evaluation only (EpisodePlayer(record=True)): the goal and, per page the model saw, what it saw (a
+    # screenshot with screenshots=True on a live server), wrote, sent, and what came back; see `record_turn`.
+    goal: str | None = None
+    transcript: list[dict] | None = None
 
     @property
     def success(self) -> bool:
@@ -75,15 +79,15 @@ class SessionPool:
         self.client = client
         self.free: list[str] = []
 
-    def reset(self, task: str, seed: int) -> dict:
+    def reset(self, task: str, seed: int, include_screenshot: bool = False) -> dict:
         sid = self.free.pop() if self.free else None
         try:
-            return self.client.reset(task, seed=seed, session_id=sid)
+            return self.client.reset(task, seed=seed, session_id=sid, include_screenshot=include_screenshot)
         except EnvError as e:
             if sid is None or not is_infra_failure(e):
                 raise
             self.discard(sid)  # that session died or was reaped: start a fresh one
-            return self.client.reset(task, seed=seed)
+            return self.client.reset(task, seed=seed, include_screenshot=include_screenshot)
 
     def release(self, sid: str | None) -> None:
         if sid:
@@ -110,9 +114,13 @@ class EpisodePlayer:
     """Plays batches of (task, seed) episodes with a model; owns the browser sessions it uses."""
 
     def __init__(self, client: EnvClient, tokenizer, params: RolloutParams, *, temperature: float,
-                 max_completion_length: int, max_parallel: int, greedy: bool = False):
+                 max_completion_length: int, max_parallel: int, greedy: bool = False, record: bool = False,
+                 screenshots: bool = False):
+        """`record`: keep a transcript of every episode (evaluation); `screenshots`: with it, a screenshot of
+        every page from a live server (off in training: ~0.1 s per observation)."""
         self.client, self.tokenizer, self.params = client, tokenizer, params
         self.temperature, self.greedy = temperature, greedy
+        self.record, self.screenshots = record, record and screenshots
         self.max_completion_length = max_completion_length
         self.max_parallel = max_parallel
         self.turns = Turns(tokenizer)
@@ -204,7 +212,7 @@ class EpisodePlayer:
 
     def _reset(self, e: Episode) -> None:
         try:
-            out = self.sessions.reset(e.task, e.seed)
+            out = self.sessions.reset(e.task, e.seed, self.screenshots)
         except EnvError as err:
             if not is_infra_failure(err):
                 raise  # unknown task, bad request: a configuration error, not bad luck
@@ -212,25 +220,31 @@ class EpisodePlayer:
             return
         e.session_id, e.observation = out["session_id"], out["observation"]
         e.prompt_ids = self.turns.first_prompt(self._user_text(e.observation))
+        if self.record:
+            e.goal, e.transcript = e.observation.get("goal"), [page_record(e.observation)]
 
     def _act(self, e: Episode, text: str) -> None:
         parsed = parse_model_output(text, self.params.repair_unquoted_bids)
         e.steps += 1
         e.format_errors += parsed.format_error
         e.actions.append(parsed.action or text.strip()[:200])
+        reward, new_page = 0.0, None
         if parsed.action is None:  # nothing the browser could run: the page is unchanged
             e.observation = {**e.observation, "last_action": text.strip()[:200], "last_action_error": parsed.error}
         else:
             try:
-                out = self.client.step(e.session_id, parsed.action)
+                out = self.client.step(e.session_id, parsed.action, include_screenshot=self.screenshots)
             except EnvError as err:
                 if not is_infra_failure(err):
                     raise
                 self._lose(e, err)
                 return
-            e.observation = out["observation"]
-            e.reward += float(out.get("reward") or 0.0)
+            e.observation = new_page = out["observation"]
+            reward = float(out.get("reward") or 0.0)
+            e.reward += reward
             e.done = bool(out.get("done") or out.get("truncated"))
+        if e.transcript is not None:
+            record_turn(e.transcript, text, parsed, e.observation.get("last_action_error"), reward, e.done, new_page)
         if e.done or e.steps >= self.params.max_episode_steps:
             e.finished = True
 
@@ -262,6 +276,9 @@ class EpisodePlayer:
         their log-probs under the temperature-scaled distribution the tokens were drawn from)."""
         if self.vllm is not None:
             return self._generate_vllm(sequences)
+        if hasattr(model, "generate_actions"):  # not a torch model: a GGUF file in llama.cpp (bgwork.gguf_agent)
+            return model.generate_actions(sequences, self.params.max_action_tokens, self.turns.eos_ids, self.greedy,
+                                          self.temperature)
         device = next(model.parameters()).device
         if self.params.fast_generation and decoding.supports(model):
             if self.decoder is None:
@@ -352,11 +369,35 @@ def success_table(episodes: list[Episode]):
     return out
 
 
-def episode_records(episodes: list[Episode]) -> list[dict]:
-    """One plain dict per episode (what an evaluation keeps on disk to compare models on the same seeds)."""
+def episode_records(episodes: list[Episode], keep_transcripts=None) -> list[dict]:
+    """One plain dict per episode (what an evaluation keeps on disk to compare models on the same seeds);
+    episodes whose index is in `keep_transcripts` also keep their goal and transcript."""
+    keep = set(keep_transcripts or ())
     return [{"task": e.task, "seed": e.seed, "success": None if e.lost else e.success, "reward": e.reward,
-             "steps": e.steps, "format_errors": e.format_errors, "actions": e.actions, "lost": e.lost}
-            for e in episodes]
+             "steps": e.steps, "format_errors": e.format_errors, "actions": e.actions, "lost": e.lost,
+             **({"goal": e.goal, "transcript": e.transcript} if i in keep and e.transcript is not None else {})}
+            for i, e in enumerate(episodes)]
+
+
+PAGE_CHARS = 1500  # a transcript keeps this much of each page's accessibility tree
+
+
+def page_record(observation: dict) -> dict:
+    """A transcript entry for a page the model is shown: its accessibility tree (shortened), its screenshot
+    (base64 PNG) when the server sent one."""
+    tree = observation.get("axtree_txt") or ""
+    page = tree if len(tree) <= PAGE_CHARS else tree[:PAGE_CHARS] + f"\n... ({len(tree) - PAGE_CHARS} more characters)"
+    return {"page": page, "screenshot": observation.get("screenshot")}
+
+
+def record_turn(transcript: list[dict], output: str, parsed, error: str | None, reward: float, done: bool,
+                new_page: dict | None) -> None:
+    """Complete the last page's entry with what the model wrote and what came of it; the page the action led to
+    starts the next entry (`unchanged` when nothing could be sent: the model sees the same page again)."""
+    transcript[-1].update(output=output, action=parsed.action, error=parsed.error if parsed.action is None else error,
+                          reward=reward, done=done)
+    transcript.append(page_record(new_page) if new_page is not None else
+                      {"page": None, "screenshot": None, "unchanged": True})
 
 
 def _generation_attention(device: torch.device):

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import platform
 import socket
@@ -59,10 +61,76 @@ def start_run(notebooks: list[str], params, root: Path | None = None) -> Path:
 
 
 def use_run_dir(run_dir: str | Path | None, notebook: str, params) -> Path:
-    """In a notebook: the runner's run dir, or (run interactively, run_dir=None) a fresh one of its own."""
-    if run_dir:
-        return Path(run_dir)
-    return start_run([notebook], params)
+    """In a notebook: the runner's run dir, or (run interactively, run_dir=None) a fresh one of its own.
+    From here on, in a notebook, library warnings and logs go to its run.log instead of the report."""
+    path = Path(run_dir) if run_dir else start_run([notebook], params)
+    from bgwork.progress import in_notebook_kernel
+
+    if in_notebook_kernel():  # a notebook's kernel (Lab or papermill); a script's stderr stays as it is
+        library_output_to_log(path / "run.log")
+    return path
+
+
+def project_path(path: str | Path) -> Path:
+    """A path param as the user meant it: relative paths are relative to the project root (a notebook's kernel
+    runs in notebooks/, a shell anywhere), `~` is expanded."""
+    p = Path(path).expanduser()
+    return Path(os.path.normpath(p if p.is_absolute() else PROJECT_ROOT / p))
+
+
+# --- library output -> run.log ----------------------------------------------------------------------------------
+
+LIBRARY_LOGGERS = ("py.warnings", "transformers", "trl", "peft", "accelerate", "datasets", "torch", "httpx",
+                   "huggingface_hub", "matplotlib", "PIL")
+_run_log: Path | None = None
+
+
+def library_output_to_log(path: str | Path) -> None:
+    """Python warnings (FutureWarning & co.) and the libraries' loggers write to `path` (the run's run.log) and
+    no longer to stderr, which a report shows as pink boxes before anything that matters. Idempotent."""
+    global _run_log
+    _run_log = Path(path)
+    handler = logging.FileHandler(_run_log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler._bgwork_run_log = True
+    logging.captureWarnings(True)
+    with contextlib.suppress(ImportError):  # transformers keeps its own stderr handler on its root logger
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars: widgets the HTML report cannot show
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_bgwork_run_log", False)]:
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def native_output_to_run_log():
+    """While inside: what native code (llama.cpp) writes to the process's stdout/stderr goes to the run's run.log
+    (after `use_run_dir`); elsewhere nothing changes. Python's own prints are unaffected in a notebook."""
+    if _run_log is None:
+        yield
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    target = os.open(_run_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
 
 
 def record_metrics(run_dir: str | Path, metrics: dict) -> dict:

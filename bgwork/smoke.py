@@ -105,3 +105,19 @@ def _check_closed(client: EnvClient, task: str, session: str, report: SmokeRepor
         report.check(task, "closed session refused", e.status == 404, str(e))
         return
     report.check(task, "closed session refused", False, "a step on a closed session was accepted")
+
+
+def verdict(checks, latency) -> tuple[str, dict, bool]:
+    """(line, figures, ok) answering notebook 01's question: does the env server work end to end?"""
+    skipped = int(checks.skipped.sum())
+    failed = checks[~checks.passed]
+    ok = failed.empty
+    line = (f"all {len(checks) - skipped} checks passed" + (f", {skipped} skipped" if skipped else "") if ok else
+            f"{len(failed)} of {len(checks)} checks failed: "
+            + ", ".join(f"{t} {c}" for t, c in zip(failed.task, failed.check))[:300])
+    figures = {"tasks": checks.task[checks.task != "-"].nunique(),
+               "checks passed": int((checks.passed & ~checks.skipped).sum()), "checks failed": len(failed),
+               "checks skipped": skipped}
+    figures.update({f"{call} (s, mean)": round(float(sec), 3) for call, sec in latency["mean"].items()
+                    if call in ("reset", "step", "close")})
+    return line, figures, ok

@@ -38,12 +38,14 @@ from bgwork.embedded import env_server
 from bgwork.envclient import EnvClient
 from bgwork.params import load_params
 from bgwork.progress import progress
+from bgwork.report import Verdict
 from bgwork.runs import record_metrics, use_run_dir
 
 pd.set_option("display.max_colwidth", 120)
 
 params = load_params(name=name, env=env, smoke=smoke)
 run_dir = use_run_dir(run_dir, "01_env_smoke_test", params)
+verdict = Verdict("Does the browser environment work end to end?")
 print("run dir:", run_dir)
 
 # %% [markdown]
@@ -105,7 +107,8 @@ record_metrics(run_dir, {
     "smoke/browser": health.get("browser"),
     **{f"smoke/{call}_seconds_mean": s for call, s in latency["mean"].items()},
 })
+line = verdict.set(*smoke_checks.verdict(checks, latency))
 failed = checks[~checks.passed]
 if not passed:
     raise AssertionError(f"smoke test FAILED {len(failed)} of {len(checks)} checks:\n{failed.to_string(index=False)}")
-print(f"PASS: {len(checks) - skipped} checks passed" + (f", {skipped} skipped" if skipped else ""))
+print(line)

@@ -42,11 +42,13 @@ run_dir = None
 from bgwork import curves, launch, trainer
 from bgwork.embedded import env_server
 from bgwork.params import load_params
+from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
                      evaluation=evaluation, guard=guard, diagnostics=diagnostics)
 run_dir = use_run_dir(run_dir, "02_debug_run", params)
+verdict = Verdict("Does GRPO training run end to end: did rewards flow, was there a signal, any format errors?")
 print("run dir:", run_dir)
 print(trainer.describe(params))
 
@@ -79,5 +81,6 @@ curves.curve_table(frame)
 # %%
 figures = curves.summary(result, frame)
 record_metrics(run_dir, figures)
+verdict.set(*curves.training_verdict(result, frame, params.train))
 trainer.check_completed(result, params.train)  # ended early without the guard stopping it: the run fails
-figures
+figures_table(figures)

@@ -45,11 +45,13 @@ from bgwork import evaluation as ev
 from bgwork import gguf_export as gx
 from bgwork.embedded import env_server
 from bgwork.params import load_params
+from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
                      evaluation=evaluation, guard=guard, diagnostics=diagnostics, export=export)
 run_dir = use_run_dir(run_dir, "03_full_run", params)
+verdict = Verdict("Does training make the agent better on held-out episodes?")
 print("run dir:", run_dir)
 print(trainer.describe(params))
 
@@ -67,14 +69,29 @@ print("checkpoints and TensorBoard files in", result.output_dir)
 
 # %% [markdown]
 # ## Held-out success rate, before and after
-# Per task and overall ("all"), at each stage; nothing here when `evaluation.episodes_per_task` is 0.
+# Per task and overall ("all"), at each stage, with 95 % intervals; the same tables, plot and paired differences as
+# notebook 07's (`bgwork.evaluation`). Nothing here when `evaluation.episodes_per_task` is 0.
 
 # %%
-table = ev.stage_table(stages)
-table
+ev.results_table(stages)
 
 # %%
-fig = ev.plot_stages(table)
+fig = ev.plot_success(stages)
+
+# %% [markdown]
+# Each later stage minus the untrained model, on the very same episodes (95 % bootstrap interval over the pairs).
+
+# %%
+episodes = ev.load_run_episodes(run_dir) if stages else {}
+ev.paired_table(episodes)
+
+# %% [markdown]
+# ## Episodes to look at
+# Per task and stage: the first episode, a success and a failure (`bgwork.viewer.show(run_dir)` steps through them
+# in JupyterLab).
+
+# %%
+ev.transcripts_html(episodes)
 
 # %% [markdown]
 # ## GRPO's own share
@@ -118,7 +135,8 @@ curves.curve_table(frame, last=20)
 figures = (curves.summary(result, frame) | ev.stage_metrics(stages, params.rollout.tasks)
            | ablation.stage_difference_metrics(grpo_share))
 record_metrics(run_dir, figures)
-figures
+verdict.set(*ev.stages_verdict(stages, ev.paired_table(episodes), result, params.train))
+figures_table(figures)
 
 # %% [markdown]
 # ## GGUF export of the final model (only with `export.after_training: true`)

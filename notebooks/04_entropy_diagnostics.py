@@ -37,12 +37,14 @@ import pandas as pd
 
 from bgwork import diagnostics as dx
 from bgwork.params import load_params
+from bgwork.report import Verdict
 from bgwork.runs import PROJECT_ROOT, use_run_dir
 from bgwork.tbscalars import load_scalars
 
 params = load_params(name=name, diagnostics=diagnostics)
 p = params.diagnostics
 run_dir = use_run_dir(run_dir, "04_entropy_diagnostics", params)
+verdict = Verdict("Did a GRPO run collapse or deadlock, and where?")
 pd.set_option("display.max_colwidth", None)
 print(f"run dir: {run_dir}\nruns: {p.runs}\nthresholds: {p}")
 
@@ -63,6 +65,7 @@ dx.coverage_table(scalars)
 
 # %%
 verdicts = dx.diagnose_runs(scalars, p)
+verdict.set(*dx.runs_verdict(verdicts))
 dx.verdict_table(verdicts)
 
 # %%
@@ -99,4 +102,3 @@ dx.guard_table(scalars.attrs["run_dirs"])
 
 # %%
 dx.record_verdicts(verdicts, run_dir, scalars.attrs["run_dirs"] if p.write_back else None, recommendations)
-{v.run: v.summary for v in verdicts}

@@ -41,11 +41,13 @@ import pandas as pd
 
 from bgwork import checkpoints as ck
 from bgwork.params import load_params
-from bgwork.runs import record_metrics, use_run_dir
+from bgwork.report import Verdict
+from bgwork.runs import project_path, record_metrics, use_run_dir
 
 params = load_params(name=name, cleanup=cleanup)
 p = params.cleanup
 run_dir = use_run_dir(run_dir, "05_checkpoint_cleanup", params)
+verdict = Verdict("What do the checkpoints cost on disk, and what can go?")
 root = ck.cleanup_root(p.root)
 pd.set_option("display.max_colwidth", None)
 print(f"run dir: {run_dir}\ncleaning: {root}\npolicy: {p}")
@@ -79,7 +81,7 @@ else:
 
 # %%
 if p.copy_checkpoint:
-    copied = ck.copy_checkpoint(p.copy_checkpoint, p.copy_to, root=root)
+    copied = ck.copy_checkpoint(project_path(p.copy_checkpoint), project_path(p.copy_to), root=root)
     print(f"copied {p.copy_checkpoint} -> {copied}")
 
 # %% [markdown]
@@ -117,3 +119,4 @@ record_metrics(run_dir, {
     "cleanup/untouched_runs": dict(plan.untouched_runs),
     "cleanup/removed": removed,
 })
+verdict.set(*ck.cleanup_verdict(plan, inventory, p.apply, removed))

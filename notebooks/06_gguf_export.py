@@ -11,42 +11,52 @@
 # ---
 
 # %% [markdown]
-# # 06 · GGUF export: a checkpoint as F16, Q8_0, Q5_K_M and Q4_K_M files for llama.cpp, each verified
+# # 06 · GGUF export: a checkpoint as F16, Q8_0, Q5_K_M and Q4_K_M files for llama.cpp, each checked as an agent
 #
 # Exports one checkpoint (a LoRA is merged into its base model first) with llama.cpp's own converter
-# (`convert_hf_to_gguf.py`, from the llama-cpp-python source distribution, which vendors llama.cpp) to F16,
-# then quantizes the F16 file the way `llama-quantize` does: llama.cpp's per-tensor type mix and native
-# quantization kernels from the `libgguf` package. Every file is then loaded by a prebuilt llama.cpp
-# (`xllamacpp`), generates, and its next-token distribution on fixed prompts is compared with the HF model.
-# Needs: a checkpoint (`export.checkpoint`: a checkpoint dir, or a model spec such as `tiny-random-lfm2`;
-# default: the newest checkpoint under `outputs/`). Nothing is compiled; first use fetches the sdist with pip.
+# (`convert_hf_to_gguf.py`, from the llama-cpp-python source distribution, which vendors llama.cpp; installed by
+# `scripts/setup.sh`), then quantizes the F16 file the way `llama-quantize` does: llama.cpp's per-tensor type mix
+# and native quantization kernels from the `libgguf` package. Every file is then loaded by a prebuilt llama.cpp
+# (`xllamacpp`) and compared with the HF model, and finally **plays held-out browser episodes as an agent** beside
+# the HF model: what a quantized agent must keep is its success rate. Needs: a checkpoint (`export.checkpoint`: a
+# checkpoint dir relative to the project root, or a model spec such as `tiny-random-lfm2`; default: the newest
+# checkpoint under `outputs/`) and, for the agent check, the env server at `env.url` or an embedded one.
+# Nothing is compiled or downloaded during the run.
 
 # %% tags=["parameters"]
 # Headless, `bgwork run 06` uses no params file: these defaults plus `-p export.KEY=VALUE` overrides (or a file with
 # an `export:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `export = {"checkpoint": "..."}`,
 # or replace the next cell's `load_params(...)` with `params = load_params("../params/X.yaml")`.
 name = None
+env = {}
+rollout = {}
+train = {}
+evaluation = {}
 export = {}
 run_dir = None
 
 # %%
 import pandas as pd
 
+from bgwork import evaluation as ev
 from bgwork import gguf_export as gx
 from bgwork.params import load_params
+from bgwork.report import Verdict
 from bgwork.runs import use_run_dir
 
-params = load_params(name=name, export=export)
+params = load_params(name=name, env=env, rollout=rollout, train=train, evaluation=evaluation, export=export)
 run_dir = use_run_dir(run_dir, "06_gguf_export", params)
+verdict = Verdict("Are the GGUF files sound, and do they act as well as the model they came from?")
 checkpoint, out_dir = gx.export_target(params.export, run_dir)
 pd.set_option("display.max_colwidth", None)
 print(f"run dir: {run_dir}\ncheckpoint: {checkpoint}\nfiles go to: {out_dir}")
 
 # %% [markdown]
 # ## Export and verify
-# F16/Q8_0 must reproduce the HF model's greedy tokens; the K-quants must keep the same top token with a
-# cosine similarity of the (mean-centred) next-token logits of at least `export.min_cosine`. The logits come
-# from llama.cpp as log-softmax over the whole vocabulary; centring removes the constant that separates them.
+# F16/Q8_0 must reproduce the HF model's greedy tokens and every file its top next token. The cosine similarity of
+# the (mean-centred) next-token logits is reported against an expectation per model (`cosine_expected`:
+# `export.min_cosine`, or `export.min_cosine_fallback` where the rows are not multiples of 256 and K-quants fall back
+# to Q5_0/Q5_1, as for SmolLM2); it is a figure, not the verdict. llama.cpp's log is in the run's `run.log`.
 
 # %%
 rows = gx.export_checkpoint(checkpoint, out_dir, params.export, strict=False)
@@ -54,6 +64,22 @@ gx.result_table(rows)
 
 # %%
 fig = gx.plot_results(rows, params.export)
+
+# %% [markdown]
+# ## Each file as an agent
+# The HF model and every file play the same held-out episodes (`export.agent_tasks` × `export.agent_episodes_per_task`,
+# greedy, the same prompt and action parser; llama.cpp generates for the files). A file passes when its success rate
+# is at most `export.agent_tolerance` below its reference's: the HF model's for F16, F16's for the quants.
+
+# %%
+agent = gx.agent_check(params, checkpoint, rows, run_dir)  # None when export.agent_episodes_per_task is 0
+gx.agent_table(rows)
+
+# %%
+fig = ev.plot_success(agent.tables if agent else {}, title="agent success per file (95 % interval)")
+
+# %%
+ev.paired_table(agent.records if agent else {})
 
 # %% [markdown]
 # ## Per-tensor types, read back from the files
@@ -82,4 +108,5 @@ size_check
 
 # %%
 gx.record_export(run_dir, rows, checkpoint, size_check)
-gx.check_export(rows)  # a file llama.cpp disagrees with fails the run
+verdict.set(*gx.export_verdict(rows, params.export))
+gx.check_export(rows)  # a file llama.cpp disagrees with, or one that acts worse than its reference, fails the run

@@ -50,6 +50,13 @@ if ! "$VPY" -m envserver.browser --check >/dev/null 2>&1; then
   "$VPY" -m envserver.browser --check
 fi
 
+# llama.cpp's GGUF converter (from the llama-cpp-python sdist) into the bgwork cache: notebook 06 then exports
+# offline, and never downloads in the middle of a run. A no-op once there. (The image build's first pass installs
+# over package stubs: docker/trainer/Dockerfile fetches it after copying the code.)
+if [ -f bgwork/gguf_export/convert.py ]; then
+  "$VPY" -m bgwork.gguf_export.convert
+fi
+
 # Jupyter kernel inside the venv, so papermill (-k bgwork) and JupyterLab find it.
 if [ ! -f "$VENV/share/jupyter/kernels/bgwork/kernel.json" ]; then
   say "registering Jupyter kernel 'bgwork'"

@@ -5,6 +5,9 @@ a few steps (a random model's flat logits flip greedy tokens under any quantizat
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,8 @@ from ckpt_fixtures import cached_export_fixtures
 
 from bgwork import gguf_export as gx
 from bgwork import notebook_run
-from bgwork.runs import read_metrics
+from bgwork.config import ExportParams
+from bgwork.runs import PROJECT_ROOT, read_metrics
 
 SHORT = ["Goal: Click the button.\n\nPage observation:\n[13] button 'Click Me!'\n\nAction:"]
 
@@ -88,16 +92,30 @@ def test_export_full_checkpoint_all_four_verified(checkpoints, tmp_path):
 
 
 @pytest.mark.llama_cpp
-def test_notebook_06_exports_a_lora_merged_into_its_base(checkpoints, tmp_path):
+@pytest.mark.browser
+def test_notebook_06_exports_a_lora_merged_into_its_base(checkpoints, tmp_path, monkeypatch):
+    """... with the checkpoint given relative to the project root, and each file checked as an agent (one
+    click-test episode each, real browser) beside the HF model; the package index is out of reach throughout."""
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing may be fetched during the run
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
     params = tmp_path / "export.yaml"
-    params.write_text(yaml.safe_dump({"name": "export", "export": {"checkpoint": str(checkpoints["lora"]),
-                                                                   "prompts": SHORT, "gen_tokens": 6}}))
+    relative = os.path.relpath(checkpoints["lora"], PROJECT_ROOT)
+    params.write_text(yaml.safe_dump({"name": "export", "export": {
+        "checkpoint": relative, "prompts": SHORT, "gen_tokens": 6, "agent_tasks": ["click-test"],
+        "agent_episodes_per_task": 1}, "rollout": {"max_episode_steps": 1, "max_action_tokens": 8}}))
     result = notebook_run.run(["06"], params_file=str(params), root=tmp_path / "runs")
     assert result.ok, result.notebooks[0].error
-    assert (result.run_dir / "06_gguf_export.html").is_file()
+    html = (result.run_dir / "06_gguf_export.html").read_text()
     m = read_metrics(result.run_dir)
     assert m["export/all_ok"] and set(m["export/files"]) == {"F16", "Q8_0", "Q5_K_M", "Q4_K_M"}
+    assert m["export/checkpoint"] == str(checkpoints["lora"])
     assert m["export/lfm2_350m_size_check_max_abs_diff_mib"] < 0.1
+    for quant, f in m["export/files"].items():
+        assert f["agent_ok"] and 0 <= f["agent_success"] <= 1, quant
+        assert f["agent_reference"] == ("HF" if quant == "F16" else "F16")
+    assert html.index("Are the GGUF files sound") < html.index("run dir:")  # the verdict comes first
+    assert "agent success F16" in html and "load_model" not in html  # llama.cpp's log is in run.log, not here
+    assert "load_model" in (result.run_dir / "run.log").read_text()
     # independent of the exporter: llama.cpp's F16 logits match the adapter applied by peft, not the bare base
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -138,3 +156,34 @@ def test_export_bundled_smollm2(tmp_path):  # ~1 min on 2 cores: a 135M model co
 def test_centered_cosine_ignores_the_log_softmax_shift():
     x = np.random.default_rng(0).normal(size=1000)
     assert gx.centered_cosine(x - np.log(np.exp(x).sum()), x) == pytest.approx(1.0)
+
+
+def test_export_paths_resolve_from_the_project_root(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    monkeypatch.chdir(PROJECT_ROOT / "notebooks")  # where notebook 06's kernel runs
+    relative = os.path.relpath(ckpt, PROJECT_ROOT)
+    settings = ExportParams(checkpoint=relative, out_dir=os.path.relpath(tmp_path / "g", PROJECT_ROOT))
+    got, out = gx.export_target(settings, tmp_path)
+    assert (Path(got).resolve(), out.resolve()) == (ckpt.resolve(), (tmp_path / "g").resolve())
+    assert gx.export_target(ExportParams(checkpoint="tiny-random-lfm2"), tmp_path) == ("tiny-random-lfm2",
+                                                                                       tmp_path / "gguf")
+    with pytest.raises(Exception, match=r"export.checkpoint = outputs/runs/x/checkpoint-9: no such directory"):
+        gx.export_target(ExportParams(checkpoint="outputs/runs/x/checkpoint-9"), tmp_path)
+
+
+def test_missing_converter_says_to_run_setup_and_fetches_nothing(tmp_path, monkeypatch):
+    from bgwork.gguf_export.convert import llama_cpp_dir
+
+    monkeypatch.setenv("BGWORK_CACHE", str(tmp_path))
+    with pytest.raises(gx.ExportError, match="not installed .* run `bash scripts/setup.sh`"):
+        llama_cpp_dir()
+    assert not (tmp_path / "wheels").exists()
+
+
+def test_cosine_expectation_follows_the_models_rows():
+    s = ExportParams()
+    smollm2_q4 = {"quant": "Q4_K_M", "tensor_types": {"F32": 61, "Q5_0": 150, "Q6_K": 30, "Q8_0": 1}}
+    lfm2_q4 = {"quant": "Q4_K_M", "tensor_types": {"F32": 10, "Q4_K": 40, "Q6_K": 12}}
+    q8 = {"quant": "Q8_0", "tensor_types": {"F32": 61, "Q8_0": 211}}
+    assert [gx.export.expected_cosine(r, s) for r in (smollm2_q4, lfm2_q4, q8)] == [0.97, 0.99, 0.99]

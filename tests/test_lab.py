@@ -1,12 +1,14 @@
 """`bgwork lab`: JupyterLab started for real, driven in the system Chromium through Playwright.
 
 The browser test opens notebooks/01 from the URL `bgwork lab` prints, runs all its cells (the embedded env server
-with its own Chromium included) and saves it; it takes ~45 s on the 2-core box, so it stays in the default suite.
+with its own Chromium included) and saves it, then opens a console and steps through saved episodes with the
+episode viewer (`bgwork.viewer`); it takes ~60 s on the 2-core box, so it stays in the default suite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import queue
 import re
@@ -194,7 +196,10 @@ def _drive(page, url: str, notebook: Path, tracked: bytes, tmp_path: Path) -> No
     prompts = [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()]
     assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), f"cells that did not run: {prompts}"
     verdict = panel.locator(".jp-CodeCell").last.locator(".jp-OutputArea").text_content()
-    assert re.search(r"PASS: \d+ checks passed", verdict), verdict
+    assert re.search(r"PASS: all \d+ checks passed", verdict), verdict
+    # ... and the answer also stands first, under the title: the placeholder was updated in place
+    top = panel.locator(".jp-CodeCell .jp-OutputArea-output").first.text_content()
+    assert "Does the browser environment work end to end?" in top and re.search(r"PASS: all \d+ checks passed", top)
 
     # tqdm drew a widget bar (ipywidgets rendered by Lab), not a text bar or an unrendered "HBox(...)".
     bar = panel.locator(".jp-OutputArea-output .widget-hprogress")
@@ -220,3 +225,41 @@ def _drive(page, url: str, notebook: Path, tracked: bytes, tmp_path: Path) -> No
     # Idle before shutting down: a SIGTERM while a kernel is still starting can hang Jupyter's shutdown.
     second.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
     assert page.locator(".jp-FileEditor").count() == 0
+
+    _drive_viewer(page, tmp_path)
+
+
+def _drive_viewer(page, tmp_path: Path) -> None:
+    """A console on the bgwork kernel opens saved episodes in the viewer; ▶ moves to the next page."""
+    from bgwork.evaluation import save_episodes
+    from bgwork.rollout import Episode
+
+    shot = base64.b64encode((tmp_path / "lab_01_env_smoke_test.png").read_bytes()).decode()
+    episodes = []
+    for seed, success in [(1, True), (2, False)]:
+        e = Episode("click-test", seed, reward=float(success), done=success, steps=1, actions=["click('13')"],
+                    goal="Click the button.")
+        e.transcript = [{"page": "[13] button 'Click Me!'", "screenshot": shot, "output": "click('13')",
+                         "action": "click('13')", "error": None, "reward": e.reward, "done": success},
+                        {"page": "RootWebArea 'done'", "screenshot": shot}]
+        episodes.append(e)
+    save_episodes(tmp_path / "viewer-run", "checkpoint-2", episodes)
+
+    page.keyboard.press("Control+Shift+l")  # a new launcher
+    page.locator(".jp-LauncherCard[data-category='Console']", has_text="Python (bgwork)").first.click()
+    console = page.locator(".jp-CodeConsole:not(.lm-mod-hidden)")
+    prompt = console.locator(".jp-CodeConsole-promptCell .cm-content")
+    prompt.wait_for(timeout=120_000)
+    prompt.click()
+    page.keyboard.type(f"from bgwork import viewer; viewer.show({str(tmp_path / 'viewer-run')!r})")
+    page.keyboard.press("Shift+Enter")
+    view = console.locator(".widget-vbox").last
+    view.locator(".widget-dropdown select").wait_for(timeout=120_000)
+    assert view.locator(".widget-dropdown option").count() == 2
+    assert "page 1 of 2" in view.locator(".widget-html").text_content()
+    image = view.locator(".widget-image")
+    assert image.is_visible() and image.evaluate("img => img.naturalWidth") > 100  # the PNG decoded and drew
+    view.locator("button", has_text="▶").click()
+    page.wait_for_function("() => [...document.querySelectorAll('.widget-html')].some(e => "
+                           "e.textContent.includes('page 2 of 2'))", timeout=30_000)
+    page.screenshot(path=tmp_path / "lab_viewer.png")

@@ -27,10 +27,11 @@ from bgwork.diagnostics.report import (
                                           outage_table,
                                           plot_runs,
                                           record_verdicts,
+                                          runs_verdict,
                                           verdict_table,
 )
 
 __all__ = ["PANEL_TAGS", "PLOT_TAGS", "Finding", "Verdict", "classify_regime", "coverage_table", "detect_collapse",
            "detect_deadlock", "detect_plateau", "detect_spikes", "diagnose", "diagnose_runs", "events_frame",
            "guard_summary", "guard_table", "outage_table", "peak_learning_rates", "plot_runs", "recommend",
-           "record_verdicts", "verdict_table"]
+           "record_verdicts", "runs_verdict", "verdict_table"]

@@ -124,3 +124,16 @@ def _mark_events(ax, tag: str, w: pd.DataFrame, findings: list[Finding], color: 
             ax.axvspan(f.step, int(w.index.max()), color=color, **EVENT_STYLE["plateau"])
         elif f.kind == "spike" and tag == m.GRAD_NORM:
             ax.scatter([f.step], [f.data["grad_norm"]], color=color, **EVENT_STYLE["spike"])
+
+
+def runs_verdict(verdicts: list[Verdict]) -> tuple[str, dict]:
+    """(line, figures) answering notebook 04's question: did any run collapse or deadlock, and where?"""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v.status] = counts.get(v.status, 0) + 1
+    line = f"{len(verdicts)} run{'s' if len(verdicts) != 1 else ''}: " + ", ".join(f"{n} {s}" for s, n in
+                                                                                    counts.items())
+    bad = [v for v in verdicts if v.status in ("collapsed", "deadlocked")]
+    if bad:
+        line += " — " + "; ".join(f"{v.run} {v.summary}" for v in bad[:3])
+    return line, {v.run: f"{v.summary} (last step {v.last_step})" for v in verdicts[:5]}

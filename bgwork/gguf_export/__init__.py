@@ -15,12 +15,16 @@ Pipeline, all from installable packages (nothing compiled here):
 
 from bgwork.gguf_export.errors import ExportError
 from bgwork.gguf_export.export import (
+                                       AGENT_COLUMNS,
                                        COLUMNS,
                                        QUANTS,
+                                       agent_check,
+                                       agent_table,
                                        check_export,
                                        export_after_training,
                                        export_checkpoint,
                                        export_target,
+                                       export_verdict,
                                        plot_results,
                                        record_export,
                                        result_table,
@@ -38,7 +42,8 @@ from bgwork.gguf_export.verify import (
                                        verify_gguf,
 )
 
-__all__ = ["COLUMNS", "EXACT_QUANTS", "QUANTS", "ExportError", "GGUFLayout", "GGUFTensor", "centered_cosine",
+__all__ = ["AGENT_COLUMNS", "COLUMNS", "agent_check", "agent_table", "export_verdict",
+           "EXACT_QUANTS", "QUANTS", "ExportError", "GGUFLayout", "GGUFTensor", "centered_cosine",
            "check_export", "export_after_training", "export_checkpoint", "export_target", "gguf_tensor_types",
            "hf_reference", "lfm2_350m_size_check", "lfm2_layout", "llama_greedy", "llama_next_logprobs",
            "llama_server", "plot_results", "quantize_gguf", "read_gguf", "record_export", "result_table",

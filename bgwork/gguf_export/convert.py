@@ -1,6 +1,7 @@
 """Step 1 of the export: a checkpoint (LoRA merged into its base) -> a plain HF dir -> F16 GGUF, with llama.cpp's
 own `convert_hf_to_gguf.py` (+ its `conversion/` package and `gguf-py`), taken from the llama-cpp-python source
-distribution, which vendors llama.cpp (fetched once with pip, cached)."""
+distribution, which vendors llama.cpp; fetched at set-up (`python -m bgwork.gguf_export.convert`, run by
+scripts/setup.sh) into the bgwork cache, never during a run."""
 
 from __future__ import annotations
 
@@ -20,7 +21,19 @@ _VENDORED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "src/llama-quan
 
 
 def llama_cpp_dir() -> Path:
-    """Folder holding llama.cpp's convert_hf_to_gguf.py, conversion/, gguf-py/ and src/llama-quant.cpp."""
+    """Folder holding llama.cpp's convert_hf_to_gguf.py, conversion/, gguf-py/ and src/llama-quant.cpp, put into
+    the bgwork cache at set-up (`scripts/setup.sh` runs `fetch_llama_cpp`). Nothing is downloaded here: an export
+    must not stop halfway through a run to fetch 76 MB, nor fail when the package index is out of reach."""
+    target = _llama_cpp_target()
+    if not (target / "convert_hf_to_gguf.py").exists():
+        raise ExportError(f"llama.cpp's converter is not installed ({target} is missing): run `bash scripts/setup.sh` "
+                          f"(or `{sys.executable} -m bgwork.gguf_export.convert`) once, with the package index "
+                          f"reachable")
+    return target
+
+
+def fetch_llama_cpp() -> Path:
+    """Set-up: llama.cpp's converter and quantizer source out of the llama-cpp-python sdist (pip download, once)."""
     def extract(tmp: Path) -> None:
         sdist = pip_download(LLAMA_CPP_SDIST, LLAMA_CPP_SDIST.replace("-", "_").replace("==", "-") + ".tar.gz",
                              source=True)
@@ -33,8 +46,11 @@ def llama_cpp_dir() -> Path:
         if not (tmp / "convert_hf_to_gguf.py").exists():
             raise ExportError(f"{sdist}: has no vendor/llama.cpp/convert_hf_to_gguf.py")
 
-    target = cache_dir() / "llama.cpp" / LLAMA_CPP_SDIST.replace("==", "-")
-    return build_once(target, extract, marker="convert_hf_to_gguf.py")
+    return build_once(_llama_cpp_target(), extract, marker="convert_hf_to_gguf.py")
+
+
+def _llama_cpp_target() -> Path:
+    return cache_dir() / "llama.cpp" / LLAMA_CPP_SDIST.replace("==", "-")
 
 
 # --- checkpoint -> plain HF dir -> F16 GGUF ------------------------------------------------------------------
@@ -116,3 +132,7 @@ def convert_f16(hf_dir: Path, out_path: Path) -> Path:
     if proc.returncode != 0 or not out_path.exists():
         raise ExportError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return out_path
+
+
+if __name__ == "__main__":  # scripts/setup.sh
+    print(f"llama.cpp converter: {fetch_llama_cpp()}")

@@ -1,8 +1,9 @@
 """Step 3 of the export: each file is loaded by xllamacpp (a prebuilt llama.cpp), generates greedily, and its
 next-token distribution on fixed prompts is compared with the HF model's logits.
 
-F16/Q8_0 (`EXACT_QUANTS`) must reproduce the HF model's greedy tokens; the K-quants must keep the same top
-token with a cosine similarity of the (mean-centred) next-token logits of at least `min_cosine`.
+F16/Q8_0 (`EXACT_QUANTS`) must reproduce the HF model's greedy tokens, and every file the same top token; the
+cosine similarity of the (mean-centred) next-token logits is reported against an expectation per model
+(`export.min_cosine`, or `min_cosine_fallback` where rows are not multiples of 256).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ EXACT_QUANTS = ("F16", "Q8_0")  # verification demands the same greedy output as
 
 @contextlib.contextmanager
 def llama_server(path: Path, n_ctx: int = 1024, threads: int | None = None):
+    """xllamacpp's in-process llama.cpp server for one file; its log goes to the run's run.log (in a notebook).
+
+    `threads`: ggml's threads spin while they wait, so more threads than free cores slows it many times over
+    (SmolLM2, 2 busy cores: 20 tokens/s with 1 thread, 2.8 with 2)."""
     import xllamacpp as xlc
+
+    from bgwork.runs import native_output_to_run_log
 
     p = xlc.CommonParams()
     p.model.path = str(path)
@@ -29,11 +36,12 @@ def llama_server(path: Path, n_ctx: int = 1024, threads: int | None = None):
     p.n_parallel = 1
     p.cpuparams.n_threads = threads or max(1, min(4, os.cpu_count() or 1))
     p.warmup = False
-    server = xlc.Server(p)
-    try:
-        yield server
-    finally:
-        del server
+    with native_output_to_run_log():
+        server = xlc.Server(p)
+        try:
+            yield server
+        finally:
+            del server
 
 
 def llama_next_logprobs(server, ids: list[int], n_vocab: int) -> np.ndarray:
@@ -97,6 +105,10 @@ def verify_gguf(path: Path, refs: list[dict], n_vocab: int, quant: str, min_cosi
             greedy = llama_greedy(server, ref["ids"], len(ref["greedy"]))
             greedy_same.append(greedy == ref["greedy"])
             texts.append(greedy)
-    ok = all(top_same) and (all(greedy_same) if quant in EXACT_QUANTS else min(cosines) >= min_cosine)
+    # The cosine is a figure with an expectation (`min_cosine`: the caller's, per model), not a verdict: what a
+    # quantized agent must keep is its success (notebook 06's agent check). What must hold is the top token, and
+    # for F16/Q8_0 the HF model's greedy tokens.
+    ok = all(top_same) and (all(greedy_same) if quant in EXACT_QUANTS else True)
     return {"load_s": load_s, "min_cosine": min(cosines), "cosines": cosines, "top_token_same": all(top_same),
-            "greedy_same": all(greedy_same), "generated_ids": texts, "ok": ok}
+            "greedy_same": all(greedy_same), "generated_ids": texts, "cosine_expected": min_cosine,
+            "cosine_as_expected": min(cosines) >= min_cosine, "ok": ok}

@@ -1,0 +1,64 @@
+"""Reports answer their question first: every notebook's first output is its verdict, library chatter goes to
+run.log, figures are a table. (The rendered reports are checked by the notebooks' own tests: 01 in Lab, 06, 07.)"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import jupytext
+import pytest
+
+from bgwork import runs
+from bgwork.report import Verdict, figures_table
+from bgwork.runs import PROJECT_ROOT
+
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9]*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_shows_its_verdict_first_and_fills_it_in(path):
+    cells = [c for c in jupytext.read(path).cells if c.cell_type == "code"]
+    assert "parameters" in cells[0].metadata.get("tags", [])
+    setup = cells[1].source
+    # the placeholder is displayed before the setup cell prints anything
+    assert "Verdict(" in setup and setup.index("Verdict(") < setup.find("print(") % (len(setup) + 1), path.name
+    assert any("verdict.set(" in c.source for c in cells[2:]), f"{path.name} never fills its verdict in"
+
+
+def test_verdict_outside_a_notebook_and_figures_table(capsys):
+    v = Verdict("Does it work?")
+    assert v.set("3 of 3", {"checks": 3}, ok=True) == "PASS: 3 of 3"
+    assert v.set("1 of 3", ok=False).startswith("FAIL: ")
+    html = figures_table({f"eval/m/success_rate/task-{i}": i / 100 for i in range(80)} | {"nested": {"a": 1}}).data
+    assert html.count("<tr>") == 81 and "task-79" in html and "..." not in html  # every row, none elided
+    assert '{"a": 1}' in html
+
+
+def test_library_warnings_and_native_output_go_to_run_log(tmp_path, capfd):
+    log = tmp_path / "run.log"
+    saved = (runs._run_log, logging.captureWarnings)
+    try:
+        runs.library_output_to_log(log)
+        runs.library_output_to_log(log)  # twice: still one line per message
+        warnings.warn("`gradient_checkpointing` is deprecated", FutureWarning)
+        logging.getLogger("transformers.modeling_utils").warning("causal_conv1d is falling back")
+        with runs.native_output_to_run_log():
+            os.write(2, b"llama_model_loader: loaded meta data\n")  # as native code writes, below Python
+        sys.stderr.write("python after\n")
+    finally:
+        logging.captureWarnings(False)
+        for name in runs.LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            for h in [h for h in logger.handlers if getattr(h, "_bgwork_run_log", False)]:
+                logger.removeHandler(h)
+                h.close()
+            logger.propagate = True
+        runs._run_log = saved[0]
+    text = log.read_text()
+    assert text.count("py.warnings WARNING") == 1 and "causal_conv1d is falling back" in text
+    assert "llama_model_loader: loaded meta data" in text
+    err = capfd.readouterr().err
+    assert "gradient_checkpointing" not in err and "llama_model_loader" not in err and "python after" in err
