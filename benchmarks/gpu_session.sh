@@ -16,21 +16,17 @@ bash scripts/gpu_box.sh .carry > "$OUT/setup.txt" 2>&1 || { tail -20 "$OUT/setup
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpus.txt"
 TOKENIZER=.carry/cache/tokenizers/smollm2-135m-instruct
 
-keep_reports() {  # what a run dir says, without its weights
-  for d in /tmp/runs/*; do
-    [ -d "$d" ] || continue
-    mkdir -p "$OUT/runs/$(basename "$d")"
-    (cd "$d" && find . \( -name '*.html' -o -name '*.json' -o -name '*.log' -o -name 'events.out.*' \) \
-        -not -path '*/checkpoint-*' -size -8M -exec cp --parents {} "$OUT/runs/$(basename "$d")/" \;)
-    find "$d" -maxdepth 3 -type d > "$OUT/runs/$(basename "$d")/dirs.txt"
-  done
+keep_reports() {  # what the run dirs say, without their weights, as one archive (a call returns few files)
+  (cd /tmp/runs && find . \( -name '*.html' -o -name '*.json' -o -name '*.log' -o -name 'events.out.*' \) \
+      -not -path '*/checkpoint-*' -size -8M -print0 | tar --null -czf "$OUT/runs.tgz" -T -)
+  find /tmp/runs -maxdepth 4 -type d > "$OUT/run_dirs.txt"
 }
 
 case ${1:-} in
 step)
   python3 benchmarks/replay_start.py > "$OUT/replay_start.txt" 2>&1
-  CUDA_VISIBLE_DEVICES=0 timeout 480 python3 benchmarks/rollout_generation.py --tokenizer $TOKENIZER --levers \
-      --batch-sizes 64 128 256 --group-size 8 --reps 3 --budget-s 400 --json "$OUT/levers.json" \
+  CUDA_VISIBLE_DEVICES=0 timeout 420 python3 benchmarks/rollout_generation.py --tokenizer $TOKENIZER --levers \
+      --batch-sizes 64 128 256 --group-size 8 --reps 3 --budget-s 330 --json "$OUT/levers.json" \
       > "$OUT/levers.txt" 2>&1 &
   CUDA_VISIBLE_DEVICES=1 bash -c "timeout 260 python3 benchmarks/grpo_step.py --batch-sizes 8 64 128 --steps 4 \
       --json $OUT/step_fast.json; timeout 220 python3 benchmarks/grpo_step.py --batch-sizes 64 128 --steps 4 \

@@ -261,6 +261,7 @@ class Decoder:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._step = None  # forward, or its torch.compile'd version
+        self._rng: torch.Generator | None = None  # sampling's own generator (see _uniform)
         self.static_shapes_on_cpu = False
         self.stats = {"calls": 0, "prefill_tokens": 0, "carried_tokens": 0, "shared_prefix_tokens": 0,
                       "decode_steps": 0, "graphs": 0, "capture_s": 0.0, "compile_s": 0.0}
@@ -282,8 +283,15 @@ class Decoder:
 
     def close(self) -> None:
         self.reset()
-        self._graphs.clear()
+        self._drop_graphs()
         self.arena = self.arch = self._model_key = self._step = None
+
+    def _drop_graphs(self) -> None:
+        """Forget the captured graphs and their memory pool: a pool whose graphs are all gone must not be captured
+        into again (PyTorch 2.11 then fails an allocator assert, and the failed capture leaves the CUDA RNG
+        unusable), so the next capture starts a fresh one."""
+        self._graphs.clear()
+        self._pool = None
 
     def _bind(self, model) -> None:
         """(Re)build what depends on the model; drop graphs if the weights moved, rows if they changed."""
@@ -412,7 +420,7 @@ class Decoder:
                     dst[:n, :t] = src[:n, :t]
                 else:
                     dst[:n] = src[:n]
-        self._graphs.clear()
+        self._drop_graphs()
         self.arena = new
         log.info("decoding arena: %d rows x %d slots, %.0f MiB", need_rows, need_slots, new.nbytes() / 2**20)
 
@@ -504,9 +512,18 @@ class Decoder:
             tok = logits.argmax(-1)
         else:
             cdf = torch.exp(scaled - lse).cumsum_(-1)
-            u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+            u = self._uniform(cdf.shape[0], cdf.device) * cdf[:, -1:]
             tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[-1] - 1)
         return tok, (scaled.gather(-1, tok[:, None]) - lse)[:, 0]
+
+    def _uniform(self, n: int, device) -> torch.Tensor:
+        """n uniform numbers from a generator of the decoder's own, seeded from torch's global one (so
+        torch.manual_seed still makes runs repeat): a CUDA graph capture that fails can leave the default CUDA
+        generator unusable, and sampling must survive falling back to the eager step."""
+        if self._rng is None or self._rng.device != torch.device(device):
+            self._rng = torch.Generator(device=device)
+            self._rng.manual_seed(int(torch.randint(0, 2**62, (1,))))
+        return torch.rand(n, 1, device=device, generator=self._rng)
 
     def _decode(self, logits, pos, B, start):
         """Up to max_new_tokens per row; a row stops feeding its cache after EOS. Returns (tokens, logps, steps)."""
@@ -556,7 +573,7 @@ class Decoder:
                 log.warning("decode step: %s failed (%s: %s); continuing without it", what, type(e).__name__, e)
                 self.stats["fallback"] = f"{what}: {type(e).__name__}: {e}"
                 self._step, self.compile_decode = forward, False
-                self._graphs.clear()
+                self._drop_graphs()
                 if what == "CUDA graph capture":
                     self.cuda_graphs = False
                 return self._decode_step(rows, window, graphs)

@@ -152,7 +152,7 @@ def grpo_config(params: Params, output_dir: Path, device: str):
 
     t = params.train
     on_gpu = device == "cuda"
-    return GRPOConfig(
+    cfg = GRPOConfig(
         output_dir=str(output_dir), max_steps=t.max_steps, learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps,
         num_generations=t.num_generations, per_device_train_batch_size=t.per_device_train_batch_size,
@@ -171,6 +171,11 @@ def grpo_config(params: Params, output_dir: Path, device: str):
         entropy_coef_min=t.entropy_coef_min, entropy_coef_max=t.entropy_coef_max,
         entropy_coef_delta=t.entropy_coef_delta, top_entropy_quantile=t.top_entropy_quantile,
     )
+    if cfg.world_size == 1 and cfg.n_gpu > 1:
+        # One process on a multi-GPU box trains on its current GPU: Trainer would wrap the model in
+        # nn.DataParallel, which GRPOTrainer refuses (several GPUs: train.num_processes).
+        cfg._n_gpu = 1
+    return cfg
 
 
 def make_rollout_func(sampler, dataset_specs: bool):
