@@ -121,3 +121,76 @@ def verdict(checks, latency) -> tuple[str, dict, bool]:
     figures.update({f"{call} (s, mean)": round(float(sec), 3) for call, sec in latency["mean"].items()
                     if call in ("reset", "step", "close")})
     return line, figures, ok
+
+
+# --- notebook 01's cells ---------------------------------------------------------------------------------
+
+def run_checks(params, run_dir) -> tuple[SmokeReport, dict, str]:
+    """(report, /health, url): every check against the params' env server (an embedded one unless env.url)."""
+    from bgwork.embedded import env_server
+    from bgwork.progress import progress
+
+    report = SmokeReport()
+    with env_server(params.env, log_dir=run_dir) as url:
+        client = EnvClient.connect(url, params.env)
+        try:
+            health = check_server(client, params.smoke.tasks, report)
+            for task in progress(params.smoke.tasks, desc="tasks"):
+                check_task(client, task, params.smoke.seed, report)
+        finally:
+            client.shutdown()
+    return report, health, url
+
+
+def checks_table(report: SmokeReport):
+    import pandas as pd
+
+    return pd.DataFrame(report.checks)
+
+
+def latency_table(report: SmokeReport):
+    """count / mean / min / max seconds per call kind, calls that raised left out."""
+    import pandas as pd
+
+    calls = pd.DataFrame(report.calls)
+    calls = calls[calls.ok] if len(calls) else calls
+    if calls.empty:
+        return pd.DataFrame(columns=["count", "mean", "min", "max"])
+    return calls.groupby("call")["seconds"].describe()[["count", "mean", "min", "max"]]
+
+
+def plot_latency(report: SmokeReport):
+    """Mean seconds per call, per task and call kind; None when no task call succeeded."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    calls = pd.DataFrame(report.calls)
+    calls = calls[calls.ok & (calls.task != "-")] if len(calls) else calls
+    if calls.empty:
+        print("no successful task calls to chart")
+        return None
+    per_task = calls.pivot_table(index="task", columns="call", values="seconds", aggfunc="mean")
+    ax = per_task.plot.bar(figsize=(9, 4), rot=0)
+    ax.set_ylabel("seconds per call (mean)")
+    ax.set_title("env server latency by task and call")
+    plt.tight_layout()
+    return ax.figure
+
+
+def metrics(checks, latency, params, url: str, health: dict) -> dict:
+    """What notebook 01 records in metrics.json (smoke/...)."""
+    skipped = int(checks.skipped.sum())
+    return {"smoke/passed": bool(checks.passed.all()),
+            "smoke/checks_passed": int((checks.passed & ~checks.skipped).sum()),
+            "smoke/checks_skipped": skipped, "smoke/checks_total": len(checks),
+            "smoke/tasks": len(params.smoke.tasks), "smoke/env_url": url,
+            "smoke/server_version": health.get("version"), "smoke/browser": health.get("browser"),
+            **{f"smoke/{call}_seconds_mean": s for call, s in latency["mean"].items()}}
+
+
+def raise_if_failed(checks) -> None:
+    """A failed check fails the notebook (and `bgwork run`), naming every failed check."""
+    failed = checks[~checks.passed]
+    if not failed.empty:
+        raise AssertionError(f"smoke test FAILED {len(failed)} of {len(checks)} checks:\n"
+                             f"{failed.to_string(index=False)}")

@@ -30,14 +30,10 @@ smoke = {}
 run_dir = None
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bgwork import smoke as smoke_checks
-from bgwork.embedded import env_server
-from bgwork.envclient import EnvClient
 from bgwork.params import load_params
-from bgwork.progress import progress
 from bgwork.report import Verdict
 from bgwork.runs import record_metrics, use_run_dir
 
@@ -53,20 +49,14 @@ print("run dir:", run_dir)
 # Every call below is timed; an env error fails that task's checks and the smoke test moves on.
 
 # %%
-report = smoke_checks.SmokeReport()
-with env_server(params.env, log_dir=run_dir) as url:
-    client = EnvClient(url, token=params.env.token, timeout=params.env.request_timeout)
-    health = smoke_checks.check_server(client, params.smoke.tasks, report)
-    for task in progress(params.smoke.tasks, desc="tasks"):
-        smoke_checks.check_task(client, task, params.smoke.seed, report)
-    client.shutdown()
+report, health, url = smoke_checks.run_checks(params, run_dir)
 print(f"server {url}: envserver {health.get('version')}, {health.get('browser')}, {health.get('task_count')} tasks")
 
 # %% [markdown]
 # ## Checks
 
 # %%
-checks = pd.DataFrame(report.checks)
+checks = smoke_checks.checks_table(report)
 checks
 
 # %% [markdown]
@@ -75,40 +65,17 @@ checks
 # calls that raised are left out.
 
 # %%
-calls = pd.DataFrame(report.calls).query("ok")
-latency = calls.groupby("call")["seconds"].describe()[["count", "mean", "min", "max"]]
+latency = smoke_checks.latency_table(report)
 latency.round(3)
 
 # %%
-per_task = calls[calls.task != "-"].pivot_table(index="task", columns="call", values="seconds", aggfunc="mean")
-if per_task.empty:  # every task call failed: nothing to draw, the verdict below says why
-    print("no successful task calls to chart")
-else:
-    ax = per_task.plot.bar(figsize=(9, 4), rot=0)
-    ax.set_ylabel("seconds per call (mean)")
-    ax.set_title("env server latency by task and call")
-    plt.tight_layout()
-    plt.show()
+fig = smoke_checks.plot_latency(report)
 
 # %% [markdown]
 # ## Verdict
 
 # %%
-passed = bool(checks.passed.all())
-skipped = int(checks.skipped.sum())  # e.g. solving a task that has no scripted solver
-record_metrics(run_dir, {
-    "smoke/passed": passed,
-    "smoke/checks_passed": int((checks.passed & ~checks.skipped).sum()),
-    "smoke/checks_skipped": skipped,
-    "smoke/checks_total": len(checks),
-    "smoke/tasks": len(params.smoke.tasks),
-    "smoke/env_url": url,
-    "smoke/server_version": health.get("version"),
-    "smoke/browser": health.get("browser"),
-    **{f"smoke/{call}_seconds_mean": s for call, s in latency["mean"].items()},
-})
+record_metrics(run_dir, smoke_checks.metrics(checks, latency, params, url, health))
 line = verdict.set(*smoke_checks.verdict(checks, latency))
-failed = checks[~checks.passed]
-if not passed:
-    raise AssertionError(f"smoke test FAILED {len(failed)} of {len(checks)} checks:\n{failed.to_string(index=False)}")
+smoke_checks.raise_if_failed(checks)
 print(line)
