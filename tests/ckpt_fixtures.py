@@ -81,12 +81,12 @@ EXPORT_FIXTURES_VERSION = "export-v1"  # bump when export_fixtures changes
 
 def cached_export_fixtures() -> dict[str, Path]:
     """export_fixtures built once under the bgwork cache dir (deterministic: fixed seeds), then reused."""
-    from bgwork.models import _build_lock, cache_dir
+    from bgwork.models import build_lock, cache_dir
 
     root = cache_dir() / "test-fixtures" / EXPORT_FIXTURES_VERSION
     paths = {"full": root / "runs" / "full" / "lfm2-browsergym" / "checkpoint-3",
              "lora": root / "runs" / "lora" / "lfm2-browsergym" / "checkpoint-2"}
-    with _build_lock(EXPORT_FIXTURES_VERSION):
+    with build_lock(EXPORT_FIXTURES_VERSION):
         if not (root / "DONE").exists():
             shutil.rmtree(root, ignore_errors=True)
             built = export_fixtures(root)

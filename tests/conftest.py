@@ -3,8 +3,9 @@
 Test tiers (markers in pyproject.toml): `browser` tests start Chromium (a test that asks for the shared
 `envserver`, directly or through `client`/`http`, is marked here; one that starts a server itself carries
 `@pytest.mark.browser`); `llama_cpp` tests export a model to GGUF and run it in llama.cpp; `slow` experiments
-stay out of the default suite. `pytest --fast` runs the rest, the inner loop: `-m "not browser and not
-llama_cpp and not slow"`.
+stay out of the default suite; `heavy` tests (the few default tests that train or restart servers for ~20 s or
+more) run in the default suite only. `pytest --fast` runs the rest, the inner loop (< 2 min on the 2-core box):
+`-m "not browser and not llama_cpp and not slow and not heavy"`.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def browser_processes(server_pid: int) -> list[psutil.Process]:
         return []
 
 
-FAST = "not browser and not llama_cpp and not slow"
+FAST = "not browser and not llama_cpp and not slow and not heavy"
 
 
 def pytest_addoption(parser):
     parser.addoption("--fast", action="store_true",
-                     help=f"the fast tier: only tests that start no Chromium and no llama.cpp (-m '{FAST}')")
+                     help=f"the fast tier: tests that start no Chromium, no llama.cpp and are not heavy (-m '{FAST}')")
 
 
 def pytest_configure(config):

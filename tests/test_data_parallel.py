@@ -195,6 +195,7 @@ def test_notebook_03_on_two_ranks_and_two_live_replicas(tmp_path):
     assert (d / "launch" / "rank-1.log").is_file() and "03_full_run.html" in os.listdir(d)
 
 
+@pytest.mark.heavy
 @pytest.mark.timeout(1200)
 def test_a_replica_killed_mid_run_the_run_finishes_and_resumes_on_the_other(tmp_path):
     """2 ranks, 2 replay replicas; the second is SIGKILLed once step 1 is done. Every episode of step 2 is played

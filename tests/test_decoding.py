@@ -60,6 +60,7 @@ def play(decoder, model, seqs, rng, turns=3, check=None):
     return outputs
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("which, static_shapes", [("tiny", False), ("tiny", True), ("smollm2", False)])
 def test_greedy_matches_plain_generate_across_turns(which, static_shapes, request):
     """static_shapes: the bucketed batch (padding rows) and cache windows (masked slots) that CUDA graphs

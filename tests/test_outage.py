@@ -153,6 +153,7 @@ def assert_rode_out(output_dir, steps: list[int], outage_step: int, down_s: floa
     assert [v for _, v in tb[m.ENV_LOST]] == [0.0] * len(steps)  # ... and none stayed lost (unscored, never 0)
 
 
+@pytest.mark.heavy
 def test_training_rides_out_a_restart_then_saves_its_steps_when_the_server_stays_away(tmp_path, outage):
     """The server dies after step 1 and is back 3 s later: step 2 waits and re-runs its episodes. It dies again
     after step 2 for good: step 3 gives up after env.outage_timeout_s, and checkpoint-2 holds the steps done."""

@@ -100,6 +100,7 @@ def disk_64m(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.heavy
 def test_full_disk_fails_with_enospc_and_keeps_what_was_complete(tmp_path, disk_64m):
     """A full fine-tune checkpoint of the tiny model is ~42 MB (weights 13, AdamW state 26, tokenizer 3.5)."""
     run = subprocess.run(bgwork_cmd("run", "02", "-f", str(ROOT / "params/tiny.yaml"), "-p", "lora.enabled=false",
