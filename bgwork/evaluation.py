@@ -155,9 +155,10 @@ def viewing_picks(episodes: list[Episode]) -> list[int]:
     return sorted({i for seen in picks.values() for i in seen.values()})
 
 
-def stages_verdict(stages: dict, diffs, result, train) -> tuple[str, dict, bool]:
+def stages_verdict(stages: dict, diffs, result, train) -> tuple[str, dict, bool | None]:
     """(line, figures, ok) answering notebook 03's question: did training make the agent better on held-out
-    episodes? Without an evaluation (episodes_per_task 0), the training verdict of notebook 02."""
+    episodes? ok: True for a clear gain (the last stage minus its baseline, interval above 0), False for a clear loss
+    or a run that ended early, None (no PASS) within noise. Without an evaluation, the training verdict of 02."""
     from bgwork.curves import curves as read_curves
     from bgwork.curves import training_verdict
 
@@ -174,13 +175,16 @@ def stages_verdict(stages: dict, diffs, result, train) -> tuple[str, dict, bool]
             if task == "all":
                 figures[f"{label} − {d['baseline']}"] = (f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
                                                          f"{', clear' if d['excludes_zero'] else ', within noise'}")
-        last = diffs.xs("all", level="task").iloc[-1] if "all" in diffs.index.get_level_values(0) else None
-        if last is not None:
-            line += (f"; {diffs.xs('all', level='task').index[-1]} − {last['baseline']}: {last['mean']:+.2f} "
-                     f"({'clear' if last['excludes_zero'] else 'within noise'})")
+    last = None
+    if diffs is not None and "all" in diffs.index.get_level_values(0):
+        last = diffs.xs("all", level="task").iloc[-1]
+        line += (f"; {diffs.xs('all', level='task').index[-1]} − {last['baseline']}: {last['mean']:+.2f} "
+                 f"({'clear' if last['excludes_zero'] else 'within noise'})")
     if not done:
-        line += f"; training ENDED EARLY at step {result.global_step} of {train.max_steps}"
-    return line, figures, done
+        return line + f"; training ENDED EARLY at step {result.global_step} of {train.max_steps}", figures, False
+    if last is None or not last["excludes_zero"]:  # nothing to compare, or no gain beyond noise: no PASS
+        return ("no clear gain: " if last is not None else "") + line, figures, None
+    return line, figures, bool(last["mean"] > 0)  # a clear loss answers the question with FAIL
 
 
 def stage_metrics(stages: dict, tasks: list[str]) -> dict:

@@ -62,3 +62,28 @@ def test_library_warnings_and_native_output_go_to_run_log(tmp_path, capfd):
     assert "llama_model_loader: loaded meta data" in text
     err = capfd.readouterr().err
     assert "gradient_checkpointing" not in err and "llama_model_loader" not in err and "python after" in err
+
+
+@pytest.mark.parametrize("mean, low, high, expect", [(0.20, 0.10, 0.30, True), (0.0, -0.02, 0.02, None),
+                                                     (-0.20, -0.30, -0.10, False)])
+def test_notebook_03_verdict_passes_only_a_clear_gain(mean, low, high, expect):
+    """Notebook 03 asks whether training made the agent better: PASS for a gain whose interval is above 0, FAIL for
+    a clear loss, no PASS/FAIL within noise (e.g. GRPO adding nothing after a warm start)."""
+    import types
+
+    import pandas as pd
+
+    from bgwork import evaluation as ev
+
+    stage = pd.DataFrame({"success_rate": [0.6], "successes": [108], "episodes": [180], "ci_low": [0.53],
+                          "ci_high": [0.67]}, index=["all"])
+    diffs = pd.DataFrame([{"mean": mean, "ci_low": low, "ci_high": high, "excludes_zero": low > 0 or high < 0,
+                           "baseline": "warm-started"}],
+                         index=pd.MultiIndex.from_tuples([("all", "trained")], names=["task", "stage"]))
+    result = types.SimpleNamespace(global_step=40, stopped_by_guard=None, output_dir=None)
+    train = types.SimpleNamespace(max_steps=40)
+    line, figures, ok = ev.stages_verdict({"warm-started": stage, "trained": stage}, diffs, result, train)
+    assert ok is expect and ("no clear gain" in line) == (expect is None), line
+    ended_early = ev.stages_verdict({"trained": stage}, diffs, types.SimpleNamespace(
+        global_step=3, stopped_by_guard=None, output_dir=None), train)
+    assert ended_early[2] is False and "ENDED EARLY at step 3 of 40" in ended_early[0]
