@@ -27,6 +27,7 @@
 # values below run; to use a file, replace the next cell's `load_params(...)` with
 # `params = load_params("../params/lora.yaml")`.
 name = None
+seed = None  # the global seed (training, sampling, task seeds); None: the params file's / default
 env = {}
 model = {}
 rollout = {}
@@ -45,7 +46,8 @@ from bgwork.params import load_params
 from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
-params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
+params = load_params(name=name, seed=seed, env=env, model=model, rollout=rollout, train=train, lora=lora,
+                     warmstart=warmstart,
                      evaluation=evaluation, guard=guard, diagnostics=diagnostics)
 run_dir = use_run_dir(run_dir, "02_debug_run", params)
 verdict = Verdict("Does GRPO training run end to end: did rewards flow, was there a signal, any format errors?")

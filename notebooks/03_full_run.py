@@ -27,6 +27,7 @@
 # cell. Interactively (JupyterLab) the values below run; to use a file, replace the next cell's `load_params(...)`
 # with `params = load_params("../params/full.yaml")`.
 name = None
+seed = None  # the global seed (training, sampling, task seeds); None: the params file's / default
 env = {}
 model = {}
 rollout = {}
@@ -48,7 +49,8 @@ from bgwork.params import load_params
 from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
-params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, lora=lora, warmstart=warmstart,
+params = load_params(name=name, seed=seed, env=env, model=model, rollout=rollout, train=train, lora=lora,
+                     warmstart=warmstart,
                      evaluation=evaluation, guard=guard, diagnostics=diagnostics, export=export)
 run_dir = use_run_dir(run_dir, "03_full_run", params)
 verdict = Verdict("Does training make the agent better on held-out episodes?")

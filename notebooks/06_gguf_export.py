@@ -28,6 +28,7 @@
 # an `export:` section, `-f FILE`). Interactively (JupyterLab), set values here, e.g. `export = {"checkpoint": "..."}`,
 # or replace the next cell's `load_params(...)` with `params = load_params("../params/X.yaml")`.
 name = None
+seed = None  # the global seed (training, sampling, task seeds); None: the params file's / default
 env = {}
 rollout = {}
 train = {}
@@ -44,7 +45,7 @@ from bgwork.params import load_params
 from bgwork.report import Verdict
 from bgwork.runs import use_run_dir
 
-params = load_params(name=name, env=env, rollout=rollout, train=train, evaluation=evaluation, export=export)
+params = load_params(name=name, seed=seed, env=env, rollout=rollout, train=train, evaluation=evaluation, export=export)
 run_dir = use_run_dir(run_dir, "06_gguf_export", params)
 verdict = Verdict("Are the GGUF files sound, and do they act as well as the model they came from?")
 checkpoint, out_dir = gx.export_target(params.export, run_dir)

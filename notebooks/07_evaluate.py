@@ -27,6 +27,7 @@
 # (paths from the project root), or replace the next cell's `load_params(...)` with
 # `params = load_params("../params/X.yaml")`.
 name = None
+seed = None  # the global seed (training, sampling, task seeds); None: the params file's / default
 env = {}
 model = {}
 rollout = {}
@@ -43,7 +44,7 @@ from bgwork.params import load_params
 from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
-params = load_params(name=name, env=env, model=model, rollout=rollout, train=train, evaluation=evaluation,
+params = load_params(name=name, seed=seed, env=env, model=model, rollout=rollout, train=train, evaluation=evaluation,
                      evaluate=evaluate)
 run_dir = use_run_dir(run_dir, "07_evaluate", params)
 verdict = Verdict("How well does each model act on held-out episodes, and how does it differ from the first?")

@@ -87,3 +87,19 @@ def test_notebook_03_verdict_passes_only_a_clear_gain(mean, low, high, expect):
     ended_early = ev.stages_verdict({"trained": stage}, diffs, types.SimpleNamespace(
         global_step=3, stopped_by_guard=None, output_dir=None), train)
     assert ended_early[2] is False and "ENDED EARLY at step 3 of 40" in ended_early[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_that_play_episodes_take_the_global_seed(path):
+    """`bgwork run` injects only the values a notebook declares: a notebook that plays or trains (it takes `rollout`)
+    must declare `seed` and hand it to load_params, or `-p seed=1` is silently dropped (two ablation seeds of
+    GRPO-only once came out bit-identical)."""
+    import papermill
+
+    from bgwork.notebook_run import read_notebook
+
+    declared = papermill.inspect_notebook(read_notebook(path))
+    if "rollout" not in declared:
+        pytest.skip(f"{path.name} plays no episodes")
+    assert "seed" in declared, f"{path.name}'s parameters cell lacks `seed = None`"
+    assert "load_params(name=name, seed=seed" in path.read_text(), f"{path.name} does not pass seed to load_params"
