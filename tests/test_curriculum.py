@@ -126,6 +126,7 @@ def replay_server():
         yield server
 
 
+@pytest.mark.heavy
 def test_dynamic_sampling_trains_on_groups_whose_rewards_vary(replay_server):
     """The bundled SmolLM2 at temperature 1.5 on focus-text-2 (pick the n-th of 2-4 boxes): some episodes succeed.
     Extra groups are played until the round has enough mixed ones (or the budget ends); mixed groups come first."""
@@ -169,6 +170,7 @@ def _bf16():
     return torch.bfloat16
 
 
+@pytest.mark.heavy
 def test_grpo_with_adaptive_curriculum_logs_sampling_and_resumes_its_state(replay_server, tmp_path):
     """Two GRPO steps of tiny LFM2 through the trainer: the sampling metrics reach TensorBoard, each checkpoint holds
     the curriculum's state, and a resumed run starts from it."""

@@ -72,6 +72,7 @@ def bgwork(tmp_path: Path, *args, runs_dir: Path | None = None, **kw):
                           timeout=600, cwd=tmp_path, **kw)
 
 
+@pytest.mark.heavy
 def test_killed_run_is_found_killed_then_resumed_in_its_own_dir(tmp_path):
     nbs = [write(tmp_path, "first", FIRST), write(tmp_path, "waits", WAITS_FOR_KILL)]
     env = {**os.environ, "BGWORK_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
