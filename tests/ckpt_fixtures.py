@@ -5,10 +5,14 @@ The model and optimizer files are built once per process and copied into each ch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from bgwork import metrics as m
 
@@ -145,3 +149,18 @@ def train_briefly(model, tok, texts: list[str], steps: int, lr: float, seed: int
         opt.step()
         opt.zero_grad()
     model.eval()
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str):
+    """A real tmpfs of `size` (e.g. "16m") mounted at `where`: the closest thing to a full disk a test can fill.
+    Mounting needs root or CAP_SYS_ADMIN; without them the test is skipped, saying so."""
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

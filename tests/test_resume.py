@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ckpt_fixtures import tmpfs
 
 from bgwork import metrics as m
 from bgwork.checkpoint_io import checkpoint_problem
@@ -87,17 +88,9 @@ def test_killed_after_checkpoint_2_of_6_resumes_to_the_end_in_the_same_dir(tmp_p
 
 @pytest.fixture
 def disk_64m(tmp_path):
-    """A real 64 MiB tmpfs (mounting one needs root or CAP_SYS_ADMIN: skipped, saying so, where that is missing)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
-    try:
+    """A real 64 MiB tmpfs."""
+    with tmpfs(tmp_path / "disk", "64m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.heavy

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ckpt_fixtures import tmpfs
 
 from bgwork import notebook_run
 from bgwork.runs import read_run
@@ -133,17 +134,9 @@ def test_a_notebook_that_cannot_be_rendered_still_gets_a_page(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 16 MiB tmpfs: the closest thing to a full disk that a test can fill."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
-    try:
+    """A real 16 MiB tmpfs."""
+    with tmpfs(tmp_path / "small-disk", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_runner_survives_its_disk_filling_up(tmp_path, small_disk):
