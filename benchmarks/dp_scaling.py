@@ -1,6 +1,7 @@
 """Data-parallel scaling: whole-step episodes/s of notebook 03's training at 1 GPU and at N GPUs, same per-GPU batch.
 
-    python3 benchmarks/dp_scaling.py --gpus 2          # a 2-GPU node (goal: >= 1.8x); --gpus 4: goal >= 3.4x
+    python3 benchmarks/dp_scaling.py --gpus 2          # a 2-GPU node (goal: >= 1.8x); --gpus 2 4: 1, 2, 4 GPUs
+                                                       # (goal at 4: >= 3.4x)
     .venv/bin/python benchmarks/dp_scaling.py --cpu --gpus 2 -p model.name=tiny-random-lfm2 \\
         -p train.per_device_train_batch_size=4 -p train.gradient_accumulation_steps=1 -p train.num_generations=2 \\
         -p env.max_sessions=8 --steps 3                # the plumbing on a CPU box (gloo), no figure worth keeping
@@ -31,7 +32,8 @@ GOALS = {2: 1.8, 4: 3.4}
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpus", type=int, default=2, help="N: the data-parallel run's processes")
+    p.add_argument("--gpus", type=int, nargs="+", default=[2], help="N: the data-parallel runs' processes (each "
+                   "measured against 1 GPU, in the same call)")
     p.add_argument("--params", default=str(ROOT / "params/lfm2_350m_replay.yaml"))
     p.add_argument("-p", dest="overrides", action="append", default=[], help="params override, e.g. lora.enabled=true")
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first is a warm-up)")
@@ -46,25 +48,27 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     if not cuda and not args.cpu:
         raise SystemExit("no CUDA device: this measures GPUs (--cpu runs the plumbing on CPU)")
-    if cuda and torch.cuda.device_count() < args.gpus:
+    if cuda and torch.cuda.device_count() < max(args.gpus):
         raise SystemExit(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA devices here")
     info = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "gpus": args.gpus, "torch": torch.__version__,
             "params": args.params, "overrides": args.overrides}
     print(json.dumps(info), flush=True)
-    rows = [measure(n, args) for n in (1, args.gpus)]
-    ratio = rows[1]["episodes_per_s"] / rows[0]["episodes_per_s"]
-    goal = GOALS.get(args.gpus)
-    print(f"\n{info['device']} x {args.gpus}, {rows[0]['model']} ({rows[0]['kind']}), {rows[0]['per_gpu_batch']} "
+    rows = [measure(n, args) for n in (1, *args.gpus)]
+    print(f"\n{info['device']} x {max(args.gpus)}, {rows[0]['model']} ({rows[0]['kind']}), {rows[0]['per_gpu_batch']} "
           f"episodes per GPU per step, replay env ({args.replicas_per_gpu} replica(s) per GPU)")
-    print("| GPUs | global batch | step s (median) | steps timed | episodes/s | logged episodes/step |")
-    print("|---|---|---|---|---|---|")
+    print("| GPUs | global batch | step s (median) | steps timed | episodes/s | logged episodes/step | grad_norm |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['gpus']} | {r['global_batch']} | {r['step_s']:.2f} | {r['steps_timed']} | "
-              f"{r['episodes_per_s']:.1f} | {r['logged_episodes']} |")
-    verdict = f" (goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})" if goal else ""
-    print(f"scaling {args.gpus} GPUs / 1 GPU: {ratio:.2f}x{verdict}")
+              f"{r['episodes_per_s']:.1f} | {r['logged_episodes']} | {r['grad_norms']} |")
+    ratios = {}
+    for r in rows[1:]:
+        ratios[r["gpus"]] = ratio = r["episodes_per_s"] / rows[0]["episodes_per_s"]
+        goal = GOALS.get(r["gpus"])
+        verdict = f" (goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})" if goal else ""
+        print(f"scaling {r['gpus']} GPUs / 1 GPU: {ratio:.2f}x{verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "rows": rows, "ratio": ratio}, indent=1))
+        Path(args.json).write_text(json.dumps({"info": info, "rows": rows, "ratios": ratios}, indent=1))
     return 0
 
 
@@ -92,7 +96,9 @@ def measure(n: int, args) -> dict:
            "per_gpu_batch": batch // n, "global_batch": batch, "steps_timed": len(timed),
            "step_s": round(step_s, 3), "episodes_per_s": round(batch / step_s, 2),
            "step_durations_s": [round(d, 3) for d in durations], "launch_total_s": round(total_s, 1),
-           "logged_episodes": sorted(set(logged))}
+           "logged_episodes": sorted(set(logged)),
+           # a throughput figure of a run whose weights went NaN would mean nothing: say so beside it
+           "grad_norms": [h["grad_norm"] for h in result.log_history if "grad_norm" in h]}
     print(json.dumps(row), flush=True)
     return row
 

@@ -6,6 +6,8 @@
 #                                          # B = 8/64/128 with fast generation, then without it (issues 10, 11)
 #   bash benchmarks/gpu_session.sh dp      # 1 vs 2 GPUs (issue 12); notebook 03 on 2 GPUs, then full FT and LoRA
 #                                          # on one GPU each, through `bgwork run` (issue 10)
+#   bash benchmarks/gpu_session.sh dp4     # a 4-GPU node: 1 vs 2 vs 4 GPUs (issue 12), then the compile_decode
+#                                          # lever against "after" at B = 64 on one GPU (issue 11)
 # Figures and reports land in $OUT (default outputs/gpu); run dirs in /tmp (checkpoints are GBs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +46,15 @@ dp)
   wait
   keep_reports
   ;;
+dp4)
+  timeout 330 python3 benchmarks/dp_scaling.py --gpus 2 4 --steps 5 --json "$OUT/dp4.json" > "$OUT/dp4.txt" 2>&1
+  left=$((570 - SECONDS))  # what the 10-minute call has left; compiling needs START_BUDGET (180 s) of it
+  timeout $left python3 benchmarks/rollout_generation.py --tokenizer $TOKENIZER --levers --modes after \
+      "after + compile" --batch-sizes 64 --reference-batch-sizes --group-size 8 --reps 3 --budget-s $((left - 30)) \
+      --json "$OUT/compile.json" > "$OUT/compile.txt" 2>&1
+  ;;
 *)
-  echo "usage: bash benchmarks/gpu_session.sh step|dp" >&2
+  echo "usage: bash benchmarks/gpu_session.sh step|dp|dp4" >&2
   exit 2
   ;;
 esac

@@ -4,7 +4,9 @@ Each `on_log` appends the logged metrics (TRL names: reward, reward_std, frac_re
 grad_norm, ...) to a history and runs `bgwork.diagnostics.detectors.diagnose` on it. A finding seen for the first
 time is logged as a warning and recorded in the run's metrics.json under `guard/...`; in mode "stop" a
 finding whose kind is in `GuardParams.stop_on` also saves a checkpoint and stops training cleanly, so a
-collapsed or deadlocked run does not burn the rest of its steps (the original project lost 52).
+collapsed or deadlocked run does not burn the rest of its steps (the original project lost 52). A run whose loss or
+grad_norm went NaN/inf ("diverged") is stopped in any mode but "off", and nothing of it is saved: its weights are
+no longer finite (`bgwork.trainer.train` then raises TrainingDiverged naming the last checkpoint before it).
 
 Under data parallelism every rank runs the detectors: TRL logs metrics gathered over all ranks, so every
 rank reaches the same decision and stops at the same step; only rank 0 writes and warns.
@@ -61,12 +63,16 @@ class CollapseGuard(TrainerCallback):
             return
         verdict = diagnose(self.frame(), self.diagnostics, run="live")
         for finding in verdict.findings:
-            key = finding.kind if finding.kind in ("collapsed", "plateau") else (finding.kind, finding.step)
+            key = finding.kind if finding.kind in ("diverged", "collapsed", "plateau") else (finding.kind, finding.step)
             if key in self._seen:
                 continue
             self._seen.add(key)
             self._warn(f"step {state.global_step}: {finding.kind}: {finding.detail}")
-            if self.params.mode == "stop" and finding.kind in self.params.stop_on and self.stop_reason is None:
+            if self.stop_reason is not None:
+                continue
+            if finding.kind == "diverged":
+                self._stop(finding, state, control, save=False)
+            elif self.params.mode == "stop" and finding.kind in self.params.stop_on:
                 self._stop(finding, state, control)
 
     def _append(self, step: int, logs: dict) -> bool:
@@ -87,14 +93,14 @@ class CollapseGuard(TrainerCallback):
         log.warning("CollapseGuard: %s", line)
         self._record({m.GUARD_WARNINGS: self.warnings})
 
-    def _stop(self, finding, state, control) -> None:
+    def _stop(self, finding, state, control, save: bool = True) -> None:
         self.stop_reason = f"{finding.kind} at step {finding.step}: {finding.detail}"
-        control.should_save = True
+        control.should_save = save  # never a checkpoint of non-finite weights
         control.should_training_stop = True
         if not self._main:
             return
-        log.warning("CollapseGuard: stopping training at step %d and saving a checkpoint (%s)",
-                    state.global_step, self.stop_reason)
+        log.warning("CollapseGuard: stopping training at step %d%s (%s)", state.global_step,
+                    " and saving a checkpoint" if save else ", saving nothing", self.stop_reason)
         self._record({m.GUARD_STOPPED: True, m.GUARD_STOPPED_AT_STEP: state.global_step,
                       m.GUARD_REASON: self.stop_reason, m.GUARD_FINDING: asdict(finding)})
 

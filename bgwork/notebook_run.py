@@ -175,7 +175,7 @@ def _run_notebooks(result: RunResult, paths: list[Path], params: dict, status: d
 
 
 def failure_cause(error: str | None) -> str | None:
-    """A short name for causes a person acts on differently: ENOSPC (disk full), OOM (kernel killed), INFRA."""
+    """A short name for causes a person acts on differently: ENOSPC (disk full), OOM (kernel killed), INFRA, NaN."""
     error = error or ""
     if "Errno 28" in error or "No space left on device" in error or "Disk quota exceeded" in error:
         return "ENOSPC"
@@ -183,6 +183,8 @@ def failure_cause(error: str | None) -> str | None:
         return "kernel died (out of memory?)"
     if "EnvOutage" in error or "InfrastructureError" in error:
         return "env server unavailable"
+    if "TrainingDiverged" in error:
+        return "training diverged (NaN)"
     return None
 
 

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 OUTPUT_DIR_RE = re.compile(r".+-browsergym-\d{8}T\d{6}Z$")
 
 
+class TrainingDiverged(RuntimeError):
+    """Loss or grad_norm went NaN/inf: the weights are no longer finite; nothing after the last checkpoint is kept."""
+
+
 class TrainingSetupError(ConfigError):
     """Parameters that do not fit this machine, model or env server; the message names the key."""
 
@@ -232,6 +236,21 @@ class CurriculumCheckpoint:
             self.curriculum.load_state(json.loads(path.read_text()))
 
 
+def rollout_params_for_training(rollout):
+    """The rollout params training plays with. Under data parallelism the KV carry across turns is off: on 2 and
+    4 H100s every run with it turned every gradient NaN from its 2nd-3rd step (1 GPU: never; without the carry:
+    never, at the same throughput; docs/benchmarks.md, "Data-parallel training"). Cause not found yet."""
+    from dataclasses import replace
+
+    from bgwork import ranks
+
+    if ranks.world_size() > 1 and rollout.fast_generation and rollout.carry_kv_cache:
+        log.warning("rollout.carry_kv_cache is off under data parallelism (%d processes): with it the gradients "
+                    "turned NaN on multi-GPU runs; see docs/benchmarks.md", ranks.world_size())
+        return replace(rollout, carry_kv_cache=False)
+    return rollout
+
+
 def build_trainer(params: Params, output_dir: Path, client, resolved=None, callbacks=()):
     """(GRPOTrainer, EpisodePlayer) ready to train; `resolved` may pass an already loaded ResolvedModel."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -248,7 +267,8 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     model, tokenizer = resolved.model, resolved.tokenizer
     peft_config = lora_config(params.lora, model) if params.lora.enabled else None
     max_parallel = min(generation_batch_size(params.train), session_budget(client, params.env))
-    player = EpisodePlayer(client, tokenizer, params.rollout, temperature=params.train.temperature,
+    player = EpisodePlayer(client, tokenizer, rollout_params_for_training(params.rollout),
+                           temperature=params.train.temperature,
                            max_completion_length=params.train.max_completion_length, max_parallel=max_parallel)
     player.budget = lambda: session_budget(client, params.env)  # replicas that die take their share with them
     args = grpo_config(params, output_dir, device)
@@ -341,10 +361,26 @@ def train(params: Params, run_dir: str | Path, env_url: str | list[str], resolve
             raise type(e)(f"{e}. {save_progress(trainer, run_dir)}") from e
         finally:
             player.close()
+        guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
+        check_finite(getattr(guard, "stop_reason", None), output_dir, run_dir)
         final_dir = save_final(trainer, output_dir / "final")
-    guard = next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == "CollapseGuard"), None)
     return TrainResult(output_dir, final_dir, trainer.state.global_step, list(trainer.state.log_history),
                        getattr(guard, "stop_reason", None))
+
+
+def check_finite(stop_reason: str | None, output_dir: Path, run_dir: Path) -> None:
+    """Raise TrainingDiverged when the guard stopped a run whose weights went non-finite (no final model is saved)."""
+    if not (stop_reason or "").startswith("diverged"):
+        return
+    from bgwork.checkpoint_io import is_complete
+    from bgwork.checkpoints import step_of
+
+    done = [c for c in Path(output_dir).glob("checkpoint-*") if step_of(c.name) is not None and is_complete(c)]
+    last = max(done, key=lambda c: step_of(c.name), default=None)
+    where = (f"the last checkpoint before it, {last}, is intact: `bgwork resume {run_dir}` continues from it (with a "
+             f"lower train.learning_rate or max_grad_norm if the update itself blew up)" if last else
+             "no checkpoint was saved before it")
+    raise TrainingDiverged(f"training {stop_reason}. Nothing of this run after that step was saved; {where}")
 
 
 def save_progress(trainer, run_dir: Path) -> str:

@@ -63,3 +63,39 @@ def test_guard_in_warn_mode_lets_training_finish(tiny, tmp_path, monkeypatch):
     metrics = read_metrics(tmp_path)
     assert metrics["guard/stopped"] is False
     assert any("deadlocked" in w for w in metrics["guard/warnings"])
+
+
+def varied(completions, **kwargs):
+    """Rewards that differ within every group: non-zero advantages, so every update moves the weights."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+def test_guard_stops_a_diverged_run_and_saves_none_of_it(tiny, tmp_path, monkeypatch):
+    """A learning rate of 1e30 puts the weights out of range at the first update: loss and grad_norm turn NaN/inf
+    (what the 2-GPU KV-carry runs did). The guard stops at that step in warn mode too, and the checkpoint that was
+    due then is not written; the healthy one before it stays."""
+    from bgwork import trainer as bt
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tensorboard"))
+    model = resolve_model(TINY_RANDOM_LFM2)  # its own copy: this run destroys the weights
+    args = GRPOConfig(output_dir=str(tmp_path / "checkpoints"), per_device_train_batch_size=2, num_generations=2,
+                      max_completion_length=4, max_steps=8, logging_steps=1, save_strategy="steps", save_steps=1,
+                      report_to=["tensorboard"], use_cpu=True, learning_rate=1e30, warmup_steps=0,
+                      lr_scheduler_type="constant", seed=0, disable_tqdm=True)
+    guard = CollapseGuard(DiagnosticsParams(), GuardParams(mode="warn"), run_dir=tmp_path)
+    trainer = GRPOTrainer(model=model.model, processing_class=model.tokenizer, reward_funcs=[varied], args=args,
+                          train_dataset=Dataset.from_dict({"prompt": ["Goal: click the button."] * 32}),
+                          callbacks=[guard])
+    trainer.train()
+
+    step = trainer.state.global_step
+    assert step < 8 and guard.stop_reason.startswith(f"diverged at step {step}")
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert saved == [f"checkpoint-{s}" for s in range(1, step)]
+    metrics = read_metrics(tmp_path)
+    assert metrics["guard/stopped"] is True and metrics["guard/finding"]["kind"] == "diverged"
+    with pytest.raises(bt.TrainingDiverged, match=rf"checkpoint-{step - 1}.*bgwork resume"):
+        bt.check_finite(guard.stop_reason, tmp_path / "checkpoints", tmp_path)
+    # notebook 04 reads the same verdict from the TensorBoard files
+    [verdict] = diagnose_runs(load_scalars(tmp_path), DiagnosticsParams())
+    assert verdict.status == "diverged" and verdict.step == step

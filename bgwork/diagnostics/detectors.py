@@ -13,24 +13,28 @@ verdict at step n is the notebook's verdict on the first n steps.
 - spike: `grad_norm >= spike_factor` x median of the previous `spike_window` points.
 - plateau: mean `reward` of the last `plateau_window` points gained less than `plateau_min_gain`
   over the window before.
+- diverged: `loss` or `grad_norm` not finite (NaN or inf): the optimizer step applied it, so the weights are no
+  longer finite and every later step trains on NaN. The live guard stops such a run in any mode but "off", and
+  saves nothing of it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
 from bgwork.config import DiagnosticsParams
-from bgwork.metrics import ENTROPY, FRAC_REWARD_ZERO_STD, GRAD_NORM, LEARNING_RATE, REWARD, REWARD_STD
+from bgwork.metrics import ENTROPY, FRAC_REWARD_ZERO_STD, GRAD_NORM, LEARNING_RATE, LOSS, REWARD, REWARD_STD
 
 PLOT_TAGS = [ENTROPY, REWARD, REWARD_STD, FRAC_REWARD_ZERO_STD, GRAD_NORM, LEARNING_RATE]
-SEVERITY = ["collapsed", "deadlocked", "plateau"]  # verdict priority; spikes alone never change the verdict
+SEVERITY = ["diverged", "collapsed", "deadlocked", "plateau"]  # verdict priority; spikes alone never change the verdict
 
 
 @dataclass
 class Finding:
-    kind: str  # collapsed | deadlocked | spike | plateau
+    kind: str  # diverged | collapsed | deadlocked | spike | plateau
     step: int  # where the event starts
     detail: str  # one sentence a person reads
     confirmed_step: int  # first step at which the detector could see it (what the live guard reacts to)
@@ -40,7 +44,7 @@ class Finding:
 @dataclass
 class Verdict:
     run: str
-    status: str  # healthy | collapsed | deadlocked | plateau | no data
+    status: str  # healthy | diverged | collapsed | deadlocked | plateau | no data
     step: int | None
     reason: str
     last_step: int | None
@@ -49,7 +53,7 @@ class Verdict:
 
     @property
     def summary(self) -> str:
-        at = {"collapsed": "at", "deadlocked": "from", "plateau": "from"}.get(self.status)
+        at = {"diverged": "at", "collapsed": "at", "deadlocked": "from", "plateau": "from"}.get(self.status)
         return f"{self.status} {at} step {self.step}" if at else self.status
 
     def to_dict(self) -> dict:
@@ -75,6 +79,26 @@ def _runs_of_true(mask: pd.Series, min_len: int) -> list[tuple[int, int]]:
                 stretches.append((start, i - 1))
             start = None
     return stretches
+
+
+def detect_divergence(w: pd.DataFrame) -> list[Finding]:
+    """The first training step whose loss or grad_norm is NaN or infinite. In a wide frame NaN also means "not
+    logged", so a NaN counts only on a row that logged the step's reward or learning rate (TRL logs them together)."""
+    logged = pd.Series(False, index=w.index)
+    for tag in (REWARD, LEARNING_RATE):
+        if tag in w.columns:
+            logged |= w[tag].notna()
+    bad = []
+    for tag in (LOSS, GRAD_NORM):
+        if tag in w.columns:
+            v = pd.to_numeric(w[tag], errors="coerce")
+            hit = v.isin([math.inf, -math.inf]) | (v.isna() & logged)
+            bad += [(int(step), tag, float(v[step])) for step in v.index[hit]]
+    if not bad:
+        return []
+    step, tag, value = min(bad)
+    return [Finding("diverged", step, f"{tag} {value} at step {step}: the weights are no longer finite after this "
+                    f"update, so every later step trains on NaN", step, {"tag": tag, "value": str(value)})]
 
 
 def detect_collapse(w: pd.DataFrame, p: DiagnosticsParams) -> list[Finding]:
@@ -176,7 +200,7 @@ def diagnose(w: pd.DataFrame, p: DiagnosticsParams, run: str = "run") -> Verdict
     spikes, deadlocks = detect_spikes(w, p), detect_deadlock(w, p)
     # a deadlock still running explains a flat reward: don't report it twice
     plateaus = [f for f in detect_plateau(w, p) if not any(d.data["until"] >= f.step for d in deadlocks)]
-    findings = detect_collapse(w, p) + deadlocks + spikes + plateaus
+    findings = detect_divergence(w) + detect_collapse(w, p) + deadlocks + spikes + plateaus
     for f in findings:
         if f.kind == "collapsed" and (s := preceding_spike(spikes, f.step, p)):
             f.data["preceding_spike"] = s.step
