@@ -456,3 +456,75 @@ def cleanup_verdict(plan: Plan, inventory, applied: bool, removed: list) -> tupl
             f"dry run: {len(plan.actions)} actions would free {freed:.1f} MB of {total:.1f} MB in checkpoints")
     return line, {"checkpoints": len(inventory), "MB in checkpoints": round(total, 1),
                   "MB the plan frees": round(freed, 1), "runs left untouched": len(plan.untouched_runs)}
+
+
+# --- notebook 05's cells: one call each ---------------------------------------------------------------------
+
+def inventory_with_refusals(runs: list[Run], cleanup: CleanupParams):
+    """The inventory table, after printing what was refused (paths outside the root, unreadable runs...)."""
+    for r in runs:
+        for problem in r.problems:
+            print("refused:", problem)
+    return inventory_table(runs, cleanup)
+
+
+def plot_disk_use(inventory, root: Path) -> None:
+    """Stacked bars of model / optimizer / other MB per run (or a line saying there is nothing to draw)."""
+    import matplotlib.pyplot as plt
+
+    if not len(inventory):
+        print(f"no checkpoints under {root}")
+        return
+    per_run = inventory.groupby("run")[["model MB", "optimizer MB", "other MB"]].sum()
+    ax = per_run.plot.barh(stacked=True, figsize=(8, 0.6 + 0.5 * len(per_run)), title="disk use per run")
+    ax.set_xlabel("MB")
+    plt.tight_layout()
+
+
+def copy_out(cleanup: CleanupParams, root: Path) -> Path | None:
+    """cleanup.copy_checkpoint copied to cleanup.copy_to (before any cleanup), or None when none is asked for."""
+    from bgwork.runs import project_path
+
+    if not cleanup.copy_checkpoint:
+        return None
+    copied = copy_checkpoint(project_path(cleanup.copy_checkpoint), project_path(cleanup.copy_to), root=root)
+    print(f"copied {cleanup.copy_checkpoint} -> {copied}")
+    return copied
+
+
+def _total_mb(inventory) -> float:
+    return float(inventory["total MB"].sum()) if len(inventory) else 0.0
+
+
+def show_plan(plan: Plan, inventory):
+    """The plan's notes and totals printed, its table returned."""
+    for note in plan.notes:
+        print("note:", note)
+    print(f"{len(plan.actions)} actions, {plan.freed_bytes / 1e6:.1f} MB to free of {_total_mb(inventory):.1f} MB "
+          f"in checkpoints")
+    return plan_table(plan)
+
+
+def apply_or_preview(plan: Plan, cleanup: CleanupParams, root: Path) -> list[str]:
+    """Apply the plan when cleanup.apply (the removed paths), else say it was a dry run ([])."""
+    if not cleanup.apply:
+        print("dry run: nothing deleted. Re-run with -p cleanup.apply=true to apply this plan.")
+        return []
+    removed = apply_plan(plan)
+    after = inventory_table(inventory(root, cleanup), cleanup)
+    print(f"removed {len(removed)} paths; checkpoints now take {_total_mb(after):.1f} MB")
+    return removed
+
+
+def cleanup_metrics(plan: Plan, inventory, cleanup: CleanupParams, removed: list[str]) -> dict:
+    """What notebook 05 records in the run's metrics.json."""
+    return {
+        "cleanup/applied": cleanup.apply,
+        "cleanup/checkpoints": len(inventory),
+        "cleanup/actions": [{"kind": a.kind, "checkpoint": a.checkpoint, "files": [f for f, _ in a.files]}
+                            for a in plan.actions],
+        "cleanup/freed_bytes": plan.freed_bytes if cleanup.apply else 0,
+        "cleanup/would_free_bytes": plan.freed_bytes,
+        "cleanup/untouched_runs": dict(plan.untouched_runs),
+        "cleanup/removed": removed,
+    }

@@ -37,6 +37,14 @@ class EnvClient:
         self.outage_timeout_s = outage_timeout_s
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
+    @property
+    def clients(self) -> list["EnvClient"]:
+        """The servers behind this client, what an outage waits for: this one (a ReplicaClient has several)."""
+        return [self]
+
+    def revive(self, up: list["EnvClient"]) -> None:
+        """Nothing to re-admit: a single server is used again as soon as it answers (see ReplicaClient.revive)."""
+
     @classmethod
     def connect(cls, base_url: str, env: EnvParams) -> "EnvClient":
         """A client with the token and timeouts of the run's `env` section."""

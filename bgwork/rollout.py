@@ -151,10 +151,9 @@ class EpisodePlayer:
             lost = [i for i, e in enumerate(episodes) if e.lost]
             if not lost:
                 break
-            servers = getattr(self.client, "clients", [self.client])  # a ReplicaClient's servers, or the one
-            waited, up = wait_until_up(servers, self.client.outage_timeout_s, reason=episodes[lost[0]].lost)
-            if hasattr(self.client, "revive"):
-                self.client.revive(up)
+            waited, up = wait_until_up(self.client.clients, self.client.outage_timeout_s,
+                                       reason=episodes[lost[0]].lost)
+            self.client.revive(up)
             self.outage_s += waited
             if not waited:  # the server never left: a lost session or browser; give it a moment to relaunch
                 time.sleep(min(2.0 * attempt, 10.0))

@@ -36,13 +36,12 @@ cleanup = {}  # bgwork.config.CleanupParams: apply, keep_last, keep_best, metric
 run_dir = None
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bgwork import checkpoints as ck
 from bgwork.params import load_params
 from bgwork.report import Verdict
-from bgwork.runs import project_path, record_metrics, use_run_dir
+from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, cleanup=cleanup)
 p = params.cleanup
@@ -60,29 +59,18 @@ print(f"run dir: {run_dir}\ncleaning: {root}\npolicy: {p}")
 
 # %%
 runs = ck.inventory(root, p)
-inventory = ck.inventory_table(runs, p)
-for r in runs:
-    for problem in r.problems:
-        print("refused:", problem)
+inventory = ck.inventory_with_refusals(runs, p)
 inventory
 
 # %%
-if len(inventory):
-    per_run = inventory.groupby("run")[["model MB", "optimizer MB", "other MB"]].sum()
-    ax = per_run.plot.barh(stacked=True, figsize=(8, 0.6 + 0.5 * len(per_run)), title="disk use per run")
-    ax.set_xlabel("MB")
-    plt.tight_layout()
-else:
-    print(f"no checkpoints under {root}")
+ck.plot_disk_use(inventory, root)
 
 # %% [markdown]
 # ## Copy a checkpoint out (optional)
 # Done before the cleanup, so the copy survives whatever the plan deletes.
 
 # %%
-if p.copy_checkpoint:
-    copied = ck.copy_checkpoint(project_path(p.copy_checkpoint), project_path(p.copy_to), root=root)
-    print(f"copied {p.copy_checkpoint} -> {copied}")
+copied = ck.copy_out(p, root)
 
 # %% [markdown]
 # ## The plan
@@ -91,32 +79,14 @@ if p.copy_checkpoint:
 
 # %%
 plan = ck.make_plan(runs, p, root)
-for note in plan.notes:
-    print("note:", note)
-print(f"{len(plan.actions)} actions, {plan.freed_bytes / 1e6:.1f} MB to free "
-      f"of {inventory['total MB'].sum() if len(inventory) else 0:.1f} MB in checkpoints")
-ck.plan_table(plan)
+ck.show_plan(plan, inventory)
 
 # %% [markdown]
 # ## Apply (only with `cleanup.apply=true`)
 
 # %%
-if p.apply:
-    removed = ck.apply_plan(plan)
-    after = ck.inventory_table(ck.inventory(root, p), p)
-    print(f"removed {len(removed)} paths; checkpoints now take {after['total MB'].sum() if len(after) else 0:.1f} MB")
-else:
-    removed = []
-    print("dry run: nothing deleted. Re-run with -p cleanup.apply=true to apply this plan.")
+removed = ck.apply_or_preview(plan, p, root)
 
-record_metrics(run_dir, {
-    "cleanup/applied": p.apply,
-    "cleanup/checkpoints": len(inventory),
-    "cleanup/actions": [{"kind": a.kind, "checkpoint": a.checkpoint, "files": [f for f, _ in a.files]}
-                        for a in plan.actions],
-    "cleanup/freed_bytes": plan.freed_bytes if p.apply else 0,
-    "cleanup/would_free_bytes": plan.freed_bytes,
-    "cleanup/untouched_runs": dict(plan.untouched_runs),
-    "cleanup/removed": removed,
-})
+# %%
+record_metrics(run_dir, ck.cleanup_metrics(plan, inventory, p, removed))
 verdict.set(*ck.cleanup_verdict(plan, inventory, p.apply, removed))
