@@ -107,17 +107,23 @@ def _check_closed(client: EnvClient, task: str, session: str, report: SmokeRepor
     report.check(task, "closed session refused", False, "a step on a closed session was accepted")
 
 
+def counts(checks) -> dict[str, int]:
+    """Checks passed (not skipped), skipped and failed: what the verdict, the report and metrics.json all count."""
+    return {"passed": int((checks.passed & ~checks.skipped).sum()), "skipped": int(checks.skipped.sum()),
+            "failed": int((~checks.passed).sum())}
+
+
 def verdict(checks, latency) -> tuple[str, dict, bool]:
     """(line, figures, ok) answering notebook 01's question: does the env server work end to end?"""
-    skipped = int(checks.skipped.sum())
+    n = counts(checks)
+    skipped = n["skipped"]
     failed = checks[~checks.passed]
     ok = failed.empty
     line = (f"all {len(checks) - skipped} checks passed" + (f", {skipped} skipped" if skipped else "") if ok else
             f"{len(failed)} of {len(checks)} checks failed: "
             + ", ".join(f"{t} {c}" for t, c in zip(failed.task, failed.check))[:300])
     figures = {"tasks": checks.task[checks.task != "-"].nunique(),
-               "checks passed": int((checks.passed & ~checks.skipped).sum()), "checks failed": len(failed),
-               "checks skipped": skipped}
+               "checks passed": n["passed"], "checks failed": n["failed"], "checks skipped": skipped}
     figures.update({f"{call} (s, mean)": round(float(sec), 3) for call, sec in latency["mean"].items()
                     if call in ("reset", "step", "close")})
     return line, figures, ok
@@ -179,10 +185,10 @@ def plot_latency(report: SmokeReport):
 
 def metrics(checks, latency, params, url: str, health: dict) -> dict:
     """What notebook 01 records in metrics.json (smoke/...)."""
-    skipped = int(checks.skipped.sum())
-    return {"smoke/passed": bool(checks.passed.all()),
-            "smoke/checks_passed": int((checks.passed & ~checks.skipped).sum()),
-            "smoke/checks_skipped": skipped, "smoke/checks_total": len(checks),
+    n = counts(checks)
+    return {"smoke/passed": n["failed"] == 0,
+            "smoke/checks_passed": n["passed"],
+            "smoke/checks_skipped": n["skipped"], "smoke/checks_total": len(checks),
             "smoke/tasks": len(params.smoke.tasks), "smoke/env_url": url,
             "smoke/server_version": health.get("version"), "smoke/browser": health.get("browser"),
             **{f"smoke/{call}_seconds_mean": s for call, s in latency["mean"].items()}}
