@@ -15,9 +15,10 @@
 #
 # Reads the TensorBoard scalars of one or more training runs and answers, per run: **healthy**,
 # **collapsed at step N** (policy entropy fell to ~0 and the model stopped exploring), **deadlocked from step N**
-# (every rollout of every group scored alike, so GRPO's advantages were 0 and nothing was learned), or
-# **plateau**. The original project found its collapse (LR 5e-6: grad_norm 10.7 at step 20, entropy 2 → 0.04 at
-# step 21) by reading logs after 52 wasted steps; the same detectors run live during training as
+# (every rollout of every group scored alike, so GRPO's advantages were 0 and nothing was learned),
+# **diverged at step N** (loss or grad_norm NaN/inf: the weights are no longer finite), or **plateau**. The
+# original project found its collapse (LR 5e-6: grad_norm 10.7 at step 20, entropy 2 → 0.04 at step 21) by
+# reading logs after 52 wasted steps; the same detectors run live during training as
 # `bgwork.guard.CollapseGuard`. Needs: run directories with TensorBoard event files (training's output), named
 # by `diagnostics.runs` (dirs or globs, relative to the project root), e.g.
 # `bgwork run 04 -p 'diagnostics.runs=[outputs/runs/*__02_train__*]'`; `diagnostics.runs=[]` diagnoses the

@@ -245,6 +245,20 @@ def test_first_gradient_after_zero_variance_steps_is_not_a_spike():
     assert spike.step == 9 and "previous non-zero points" in spike.detail
 
 
+def test_divergence_is_a_nan_on_a_logged_step_never_a_missing_point():
+    nan, inf = float("nan"), float("inf")
+    w = pd.DataFrame({m.REWARD: [0.0, 0.0, 0.0, nan], m.LOSS: [0.0, 0.0, 0.0, nan],
+                      m.GRAD_NORM: [0.0, 0.0, nan, nan]}, index=[1, 2, 3, 4])
+    (f,) = dx.detect_divergence(w)
+    assert (f.kind, f.step, f.data["tag"]) == ("diverged", 3, m.GRAD_NORM)
+    # a row without reward or learning rate did not log the training metrics: its NaNs are missing points
+    assert dx.detect_divergence(w.iloc[[0, 1, 3]]) == []
+    blown = pd.DataFrame({m.LEARNING_RATE: [1e-5, 1e-5], m.LOSS: [0.1, inf]}, index=[1, 2])
+    assert dx.detect_divergence(blown)[0].step == 2
+    verdict = dx.diagnose(w.assign(**{m.ENTROPY: [1.0, 1.0, 1.0, nan]}), DiagnosticsParams())
+    assert verdict.status == "diverged" and verdict.summary == "diverged at step 3"
+
+
 # --- advice names params that exist ---------------------------------------------------------------------------
 
 def _every_finding() -> list:
@@ -254,7 +268,7 @@ def _every_finding() -> list:
             f("collapsed", 21, "", 22, {"early_median": 0.8}),
             *(f("deadlocked", 1, "", 8, {"regime": r}) for r in ("all solved", "all failed", "mixed")),
             f("spike", 5, "", 5, {}), f("plateau", 10, "", 25, {"reward": 0.95}),
-            f("plateau", 10, "", 25, {"reward": 0.3})]
+            f("plateau", 10, "", 25, {"reward": 0.3}), f("diverged", 3, "", 3, {"tag": "grad_norm", "value": "nan"})]
 
 
 def _section_fields(section: str) -> set[str]:

@@ -13,6 +13,7 @@ from bgwork.diagnostics.detectors import (
                                           classify_regime,
                                           detect_collapse,
                                           detect_deadlock,
+                                          detect_divergence,
                                           detect_plateau,
                                           detect_spikes,
                                           diagnose,
@@ -32,6 +33,7 @@ from bgwork.diagnostics.report import (
 )
 
 __all__ = ["PANEL_TAGS", "PLOT_TAGS", "Finding", "Verdict", "classify_regime", "coverage_table", "detect_collapse",
-           "detect_deadlock", "detect_plateau", "detect_spikes", "diagnose", "diagnose_runs", "events_frame",
+           "detect_deadlock", "detect_divergence", "detect_plateau", "detect_spikes", "diagnose", "diagnose_runs",
+           "events_frame",
            "guard_summary", "guard_table", "outage_table", "peak_learning_rates", "plot_runs", "recommend",
            "record_verdicts", "runs_verdict", "verdict_table"]
