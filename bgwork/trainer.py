@@ -377,9 +377,10 @@ def check_finite(stop_reason: str | None, output_dir: Path, run_dir: Path) -> No
 
     done = [c for c in Path(output_dir).glob("checkpoint-*") if step_of(c.name) is not None and is_complete(c)]
     last = max(done, key=lambda c: step_of(c.name), default=None)
-    where = (f"the last checkpoint before it, {last}, is intact: `bgwork resume {run_dir}` continues from it (with a "
-             f"lower train.learning_rate or max_grad_norm if the update itself blew up)" if last else
-             "no checkpoint was saved before it")
+    where = (f"the last checkpoint before it, {last}, is intact, but resuming it repeats the same settings (a "
+             f"resumed optimizer keeps its learning rate): start a new run with a lower train.learning_rate or "
+             f"train.max_grad_norm" if last else "no checkpoint was saved before it: start a new run with a lower "
+             "train.learning_rate or train.max_grad_norm")
     raise TrainingDiverged(f"training {stop_reason}. Nothing of this run after that step was saved; {where}")
 
 

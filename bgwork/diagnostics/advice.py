@@ -44,9 +44,10 @@ def _advice(f: Finding, lr: float | None, healthy_lrs: list[float]) -> list[str]
     """Each piece names bgwork params as `section.key=value` (what `bgwork run -p` and params files take); a test
     parses every piece against the config schema."""
     if f.kind == "diverged":
-        return [f"the weights went non-finite: resume from the last checkpoint before step {f.step} with "
-                f"{_lower_lr(lr, healthy_lrs).split(': ')[-1]} and train.max_grad_norm=0.5; under data parallelism "
-                "keep rollout.carry_kv_cache=false (bgwork turns it off there: with it, multi-GPU runs went NaN)"]
+        return [f"the weights went non-finite at step {f.step}: start a new run with "
+                f"{_lower_lr(lr, healthy_lrs).split(': ')[-1]} and train.max_grad_norm=0.5 (resuming a checkpoint "
+                "keeps its optimizer's learning rate); under data parallelism keep rollout.carry_kv_cache=false "
+                "(bgwork turns it off there: with it, multi-GPU runs went NaN)"]
     if f.kind == "collapsed":
         out = [_lower_lr(lr, healthy_lrs)]
         if "preceding_spike" in f.data:
