@@ -38,17 +38,18 @@ def newest(root: Path, name: str) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-root", type=Path, default=ROOT / "outputs" / "runs")
-    ap.add_argument("--sft", type=Path, help="the SFT-only run (its untrained stage is the base arm unless --base)")
+    ap.add_argument("--sft", type=Path, nargs="+", help="the SFT-only run(s), one per seed (the first one's untrained "
+                    "stage is the base arm unless --base)")
     ap.add_argument("--base", type=Path, help="a run whose untrained stage is the base arm (an SFT-only run made "
                     "with evaluation.before_training=false has none; the model and held-out seeds must be the same)")
     ap.add_argument("--grpo", type=Path, nargs="+", help="GRPO-only runs, one per training seed")
     ap.add_argument("--sft-grpo", type=Path, nargs="+", help="SFT+GRPO runs, one per training seed")
     args = ap.parse_args()
-    sft = args.sft or newest(args.runs_root, NAMES["sft"][0])
+    sft = args.sft or [newest(args.runs_root, NAMES["sft"][0])]
     grpo = args.grpo or [newest(args.runs_root, n) for n in NAMES["grpo"]]
     sft_grpo = args.sft_grpo or [newest(args.runs_root, n) for n in NAMES["sft_grpo"]]
 
-    base, sft_only = ab.Arm("base", [args.base or sft], "untrained"), ab.Arm("SFT-only", [sft], "trained")
+    base, sft_only = ab.Arm("base", [args.base or sft[0]], "untrained"), ab.Arm("SFT-only", sft, "trained")
     grpo_only, both = ab.Arm("GRPO-only", grpo, "trained"), ab.Arm("SFT+GRPO", sft_grpo, "trained")
     short_sft = ab.Arm("SFT (SFT+GRPO's warm start)", sft_grpo, "warm-started")
     demos = ab.demo_tasks(sft_grpo[0])
