@@ -116,12 +116,17 @@ def new_output_dir(run_dir: Path, model_spec: str) -> Path:
     return Path(run_dir) / f"{short_name(model_spec)}-browsergym-{stamp}"
 
 
+def output_checkpoints(output_dir: Path) -> list[tuple[Path, str | None]]:
+    """Every `checkpoint-N` of one output dir, by step, with why it is incomplete (or None)."""
+    found = [(int(c.name.split("-")[1]), c) for c in Path(output_dir).glob("checkpoint-*")
+             if c.is_dir() and c.name.split("-")[1].isdigit()]
+    return [(c, checkpoint_problem(c)) for _, c in sorted(found)]
+
+
 def run_checkpoints(run_dir: Path) -> list[tuple[Path, str | None]]:
     """Every `checkpoint-N` under one run dir's output dirs, oldest first, with why it is incomplete (or None)."""
-    found = [(out.name, int(c.name.split("-")[1]), c) for out in Path(run_dir).iterdir()
-             if out.is_dir() and OUTPUT_DIR_RE.match(out.name)
-             for c in out.glob("checkpoint-*") if c.is_dir() and c.name.split("-")[1].isdigit()]
-    return [(c, checkpoint_problem(c)) for _, _, c in sorted(found)]
+    outs = sorted(out for out in Path(run_dir).iterdir() if out.is_dir() and OUTPUT_DIR_RE.match(out.name))
+    return [found for out in outs for found in output_checkpoints(out)]
 
 
 def newest_run_checkpoint(run_dir: Path) -> Path | None:
@@ -372,11 +377,8 @@ def check_finite(stop_reason: str | None, output_dir: Path, run_dir: Path) -> No
     """Raise TrainingDiverged when the guard stopped a run whose weights went non-finite (no final model is saved)."""
     if not (stop_reason or "").startswith("diverged"):
         return
-    from bgwork.checkpoint_io import is_complete
-    from bgwork.checkpoints import step_of
-
-    done = [c for c in Path(output_dir).glob("checkpoint-*") if step_of(c.name) is not None and is_complete(c)]
-    last = max(done, key=lambda c: step_of(c.name), default=None)
+    done = [c for c, problem in output_checkpoints(output_dir) if problem is None]
+    last = done[-1] if done else None
     where = (f"the last checkpoint before it, {last}, is intact, but resuming it repeats the same settings (a "
              f"resumed optimizer keeps its learning rate): start a new run with a lower train.learning_rate or "
              f"train.max_grad_norm" if last else "no checkpoint was saved before it: start a new run with a lower "

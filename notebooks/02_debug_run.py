@@ -47,8 +47,7 @@ from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, seed=seed, env=env, model=model, rollout=rollout, train=train, lora=lora,
-                     warmstart=warmstart,
-                     evaluation=evaluation, guard=guard, diagnostics=diagnostics)
+                     warmstart=warmstart, evaluation=evaluation, guard=guard, diagnostics=diagnostics)
 run_dir = use_run_dir(run_dir, "02_debug_run", params)
 verdict = Verdict("Does GRPO training run end to end: did rewards flow, was there a signal, any format errors?")
 print("run dir:", run_dir)

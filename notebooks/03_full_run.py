@@ -50,8 +50,8 @@ from bgwork.report import Verdict, figures_table
 from bgwork.runs import record_metrics, use_run_dir
 
 params = load_params(name=name, seed=seed, env=env, model=model, rollout=rollout, train=train, lora=lora,
-                     warmstart=warmstart,
-                     evaluation=evaluation, guard=guard, diagnostics=diagnostics, export=export)
+                     warmstart=warmstart, evaluation=evaluation, guard=guard, diagnostics=diagnostics,
+                     export=export)
 run_dir = use_run_dir(run_dir, "03_full_run", params)
 verdict = Verdict("Does training make the agent better on held-out episodes?")
 print("run dir:", run_dir)

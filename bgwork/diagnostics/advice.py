@@ -45,9 +45,9 @@ def _advice(f: Finding, lr: float | None, healthy_lrs: list[float]) -> list[str]
     parses every piece against the config schema."""
     if f.kind == "diverged":
         return [f"the weights went non-finite at step {f.step}: start a new run with "
-                f"{_lower_lr(lr, healthy_lrs).split(': ')[-1]} and train.max_grad_norm=0.5 (resuming a checkpoint "
-                "keeps its optimizer's learning rate); under data parallelism keep rollout.carry_kv_cache=false "
-                "(bgwork turns it off there: with it, multi-GPU runs went NaN)"]
+                f"train.learning_rate={_lower_target(lr, healthy_lrs):.2g} and train.max_grad_norm=0.5 (resuming a "
+                "checkpoint keeps its optimizer's learning rate); under data parallelism keep "
+                "rollout.carry_kv_cache=false (bgwork turns it off there: with it, multi-GPU runs went NaN)"]
     if f.kind == "collapsed":
         out = [_lower_lr(lr, healthy_lrs)]
         if "preceding_spike" in f.data:
@@ -89,10 +89,18 @@ def _advice(f: Finding, lr: float | None, healthy_lrs: list[float]) -> list[str]
     return []
 
 
+def _lower_target(lr: float | None, healthy_lrs: list[float]) -> float:
+    """The learning rate to suggest: the highest healthy one below `lr`, else 5x lower (1e-6 when `lr` is unknown:
+    the original project collapsed at 5e-6 and stayed healthy at 1e-6)."""
+    if lr is None:
+        return 1e-6
+    return max([h for h in healthy_lrs if h < lr], default=lr / 5)
+
+
 def _lower_lr(lr: float | None, healthy_lrs: list[float]) -> str:
     if lr is None:
         return ("lower train.learning_rate (the original project collapsed at 5e-6 and stayed healthy at 1e-6: "
                 "train.learning_rate=1e-6)")
-    target = max([h for h in healthy_lrs if h < lr], default=lr / 5)
+    target = _lower_target(lr, healthy_lrs)
     why = "a run at that rate stayed healthy" if target in healthy_lrs else "5x lower"
     return f"lower train.learning_rate from {lr:.2g} to {target:.2g} ({why}): train.learning_rate={target:.2g}"
