@@ -266,6 +266,10 @@ class RolloutParams(_Section):
                                   "(EMA; 0.95 ~ the last 20 episodes)", min=0.0, max=0.999)
     curriculum_floor: float = _f(0.05, "adaptive: every task keeps at least this share of the draws, so a task never "
                                  "solved (or always solved) is still probed", min=0.0, max=1.0)
+    explore_epsilon: float = _f(0.0, "training rollouts only: with this probability an action the model writes is "
+                                "sent with its element id swapped for one drawn uniformly from the ids of the page it "
+                                "was shown (bgwork.exploration); lets GRPO find the right element on a task where the "
+                                "policy always picks the same wrong one. 0 = off", min=0.0, max=1.0)
 
     def _check(self) -> None:
         if self.curriculum == "adaptive" and self.curriculum_floor * len(self.tasks) > 1:
@@ -474,6 +478,10 @@ class Params(_Section):
         if demo_tasks is not None and (not demo_tasks or set(demo_tasks) - set(r.tasks)):
             raise ConfigError(f"warmstart.tasks = {demo_tasks} must be a non-empty subset of rollout.tasks = {r.tasks} "
                               f"(null = all of them)")
+        if r.explore_epsilon and t.use_vllm:
+            raise ConfigError(f"rollout.explore_epsilon = {r.explore_epsilon} with train.use_vllm = true: vLLM's "
+                              f"importance-sampling correction would weigh explored actions by sampling log-probs they "
+                              f"don't have; set one of them off")
         if t.max_steps == 0 and not self.warmstart.episodes_per_task:
             raise ConfigError("train.max_steps = 0 (no GRPO) needs a warm start: warmstart.episodes_per_task > 0")
         n, (lo, hi) = self.evaluation.episodes_per_task, r.eval_seeds

@@ -4,8 +4,8 @@ GRPO's advantage is a reward minus its group's mean: a group whose episodes all 
 episode advantage 0, and with the DAPO loss its tokens only dilute the others. `GroupSampler.play` plays the groups
 a generation round asks for, and with `train.dynamic_sampling` plays extra groups (at most
 `train.max_resample_groups`) until the round can be filled with groups whose rewards vary; zero-variance groups fill
-what is left, so the batch keeps its size. Every episode played, kept or not, updates the curriculum's running
-success (it is all evidence about the current policy).
+what is left, so the batch keeps its size. Every on-policy episode played, kept or not, updates the curriculum's
+running success (it is all evidence about the current policy; an explored one is not: bgwork.exploration).
 
     sampler = GroupSampler(player, curriculum, params.train, reward_functions(params.rollout))
     episodes, stats = sampler.play(model, specs)        # specs: one (task, seed) per group, or None: drawn
@@ -60,10 +60,14 @@ class GroupSampler:
         kept = [g for g, s in zip(groups, signal) if s][:n_groups]
         kept += [g for g, s in zip(groups, signal) if not s][: n_groups - len(kept)]
         played = [e.success for g in groups for e in g if not e.lost]
+        explored = [e.success for g in groups for e in g if not e.lost and e.explored]
         stats = {m.SAMPLING_GROUPS_PLAYED: float(len(groups)),
                  m.SAMPLING_SUCCESS_RATE_PLAYED: sum(played) / max(len(played), 1),
                  m.SAMPLING_FRAC_ZERO_STD_PLAYED: 1.0 - sum(signal) / len(signal),
                  m.CURRICULUM_EXPECTED_SIGNAL: expected_signal(self.curriculum)}
+        if self.player.explorer is not None:
+            stats[m.SAMPLING_EXPLORED_FRAC] = len(explored) / max(len(played), 1)
+            stats[m.SAMPLING_EXPLORED_SUCCESS_RATE] = sum(explored) / max(len(explored), 1)
         for task, p in self.curriculum.success.items():
             stats[m.per_task(m.CURRICULUM_SUCCESS, task)] = p
         for task, w in self.curriculum.weights().items():
@@ -76,7 +80,8 @@ class GroupSampler:
         for name, seconds in self.player.timings.items():
             self.timings[name] = self.timings.get(name, 0.0) + seconds
         self.outage_s += self.player.outage_s
-        self.curriculum.update([(e.task, e.success) for e in episodes if not e.lost])
+        # The curriculum follows the policy: an explored episode says what a random element would have done.
+        self.curriculum.update([(e.task, e.success) for e in episodes if not e.lost and not e.explored])
         rewards = total_rewards(episodes, self.reward_funcs)
         groups = [episodes[i:i + g] for i in range(0, len(episodes), g)]
         return groups, [has_signal(rewards[i:i + g]) for i in range(0, len(episodes), g)]

@@ -36,6 +36,9 @@ SAMPLING_GROUPS_PLAYED = "sampling/groups_played"  # groups played this round, e
 SAMPLING_FRAC_ZERO_STD_PLAYED = "sampling/frac_reward_zero_std_played"  # share of PLAYED groups without signal
 SAMPLING_SUCCESS_RATE_PLAYED = "sampling/success_rate_played"  # success over every played episode (the kept
 #   ones, which success_rate describes, lean toward mixed groups)
+SAMPLING_EXPLORED_FRAC = "sampling/explored_frac"  # rollout.explore_epsilon: share of played episodes with an
+#   explored action (an element drawn uniformly instead of the model's)
+SAMPLING_EXPLORED_SUCCESS_RATE = "sampling/explored_success_rate"  # success of those episodes
 CURRICULUM_EXPECTED_SIGNAL = "curriculum/expected_signal"  # share of drawn groups expected to carry signal
 CURRICULUM_SUCCESS = "curriculum/success"  # per task: curriculum/success/<task>, the running success estimate
 CURRICULUM_WEIGHT = "curriculum/weight"  # per task: curriculum/weight/<task>, its share of the draws
@@ -56,7 +59,7 @@ CURVES = [REWARD, REWARD_STD, ENTROPY, LOSS, SUCCESS_RATE, FORMAT_ERROR_RATE]
 # Notebook 03's second row of curves: do the groups carry a signal (TRL's frac_reward_zero_std on the trained groups,
 # the same share among all played ones, how many were played), and what the curriculum expects.
 SIGNAL_CURVES = [FRAC_REWARD_ZERO_STD, SAMPLING_FRAC_ZERO_STD_PLAYED, SAMPLING_GROUPS_PLAYED,
-                 CURRICULUM_EXPECTED_SIGNAL, ENTROPY_COEF]
+                 CURRICULUM_EXPECTED_SIGNAL, ENTROPY_COEF, SAMPLING_EXPLORED_FRAC, SAMPLING_EXPLORED_SUCCESS_RATE]
 SUMMARY = CURVES + [GRAD_NORM, FRAC_REWARD_ZERO_STD, STEP_TIME, SAMPLING_FRAC_ZERO_STD_PLAYED,
                     SAMPLING_GROUPS_PLAYED, SAMPLING_SUCCESS_RATE_PLAYED]
 

@@ -30,9 +30,12 @@ FEW_SHOT = [
 ]
 
 _PLACEHOLDER = "\x00ACTION\x00"
-# The root's url attribute is a file:// path of this machine: noise for the model, and it would make
-# prompts (and their token counts) differ between installs.
+# The root's url attribute, and every file:// url (MiniWoB's links carry one: ".../click-tab.html#tabs-2"), is a
+# path of this machine: noise for the model that would make prompts (and their token counts) differ between
+# installs. Left in, a click-tab page is ~340 tokens and its later tabs fall past obs_max_tokens = 192; without
+# them ~205 tokens and every tab fits.
 _ROOT_URL = re.compile(r", url='[^']*'")
+_FILE_URL = re.compile(r", url='file://[^']*'")
 
 
 def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
@@ -49,7 +52,7 @@ def truncate_to_tokens(tokenizer, text: str, max_tokens: int) -> str:
 def user_message(observation: dict, tokenizer, obs_max_tokens: int, previous_action: str | None = None,
                  previous_error: str | None = None) -> str:
     """The user turn: goal, page (accessibility tree within a token budget), and the previous action's outcome."""
-    tree = _ROOT_URL.sub("", observation.get("axtree_txt") or "", count=1)
+    tree = _FILE_URL.sub("", _ROOT_URL.sub("", observation.get("axtree_txt") or "", count=1))
     page = truncate_to_tokens(tokenizer, tree, obs_max_tokens)
     text = f"Goal: {observation.get('goal', '')}\n\nPage observation:\n{page}"
     if previous_action is not None:
@@ -97,6 +100,13 @@ class Turns:
         if action_ended_with_eos and ids and ids[0] in self.eos_ids:
             ids = ids[1:]
         return ids
+
+    def action_ids(self, action: str) -> list[int]:
+        """An action written by someone other than the model (a demonstration, an explored element), as the tokens
+        the model would have ended it with: its text, then the end of the assistant turn."""
+        tok = self.tokenizer
+        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        return self._encode(action) + [end]
 
     def ends_with_eos(self, ids: list[int]) -> bool:
         return bool(ids) and ids[-1] in self.eos_ids

@@ -28,6 +28,7 @@ from bgwork import decoding
 from bgwork.actions import parse_model_output
 from bgwork.config import RolloutParams
 from bgwork.envclient import EnvClient, EnvError, ServerUnavailable, SessionLost
+from bgwork.exploration import page_bids
 from bgwork.metrics import FORMAT_ERROR_RATE, SUCCESS_RATE
 from bgwork.outage import InfrastructureError, wait_until_up
 from bgwork.prompting import Turns, user_message
@@ -62,6 +63,8 @@ class Episode:
     actions: list[str] = field(default_factory=list)
     lost: str | None = None  # infrastructure failure that voided this attempt
     attempts: int = 1
+    explored: int = 0  # actions whose element was swapped by rollout.explore_epsilon (bgwork.exploration)
+    page_bids: list[str] = field(default_factory=list)  # element ids of the page the model was last shown
     # Evaluation only (EpisodePlayer(record=True)): the goal and, per page the model saw, what it saw (a
     # screenshot with screenshots=True on a live server), wrote, sent, and what came back; see `record_turn`.
     goal: str | None = None
@@ -132,6 +135,7 @@ class EpisodePlayer:
         self.vllm = None  # TRL's VLLMGeneration when train.use_vllm: actions are then sampled by vLLM
         self.decoder = None  # bgwork.decoding.Decoder (rollout.fast_generation), made on first use
         self.budget = None  # optional callable: sessions usable now (shrinks when an env server replica dies)
+        self.explorer = None  # bgwork.exploration.Explorer: training rollouts with rollout.explore_epsilon
 
     def close(self) -> None:
         if self.decoder is not None:
@@ -188,12 +192,14 @@ class EpisodePlayer:
             t0 = time.perf_counter()
             outputs = self.generate(model, [e.prompt_ids + e.completion_ids for e in live])
             t1 = time.perf_counter()
+            texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outputs]
+            if self.explorer is not None:
+                self._explore(live, outputs, texts)
             for e, (ids, logps) in zip(live, outputs):
                 e.completion_ids += ids
                 e.env_mask += [1] * len(ids)
                 e.logprobs += logps
-            list(self.pool.map(self._act, live, [self.tokenizer.decode(ids, skip_special_tokens=True)
-                                                 for ids, _ in outputs]))
+            list(self.pool.map(self._act, live, texts))
             self.timings["generate_s"] += t1 - t0
             self.timings["env_s"] += time.perf_counter() - t1
             for e, (ids, _) in zip(live, outputs):
@@ -209,6 +215,18 @@ class EpisodePlayer:
                 self.sessions.release(e.session_id)
             e.session_id = None
 
+    def _explore(self, live: list[Episode], outputs: list, texts: list[str]) -> None:
+        """Swap the element of some actions (in place): the episode then trains on the action it really played."""
+        for i, e in enumerate(live):
+            parsed = parse_model_output(texts[i], self.params.repair_unquoted_bids)
+            if parsed.format_error:
+                continue  # exploration never hides a format error
+            swapped = self.explorer.swap(parsed.action, e.page_bids)
+            if swapped is not None:
+                ids = self.turns.action_ids(swapped)
+                outputs[i], texts[i] = (ids, [0.0] * len(ids)), swapped
+                e.explored += 1
+
     def _reset(self, e: Episode) -> None:
         try:
             out = self.sessions.reset(e.task, e.seed, self.screenshots)
@@ -218,7 +236,8 @@ class EpisodePlayer:
             self._lose(e, err)
             return
         e.session_id, e.observation = out["session_id"], out["observation"]
-        e.prompt_ids = self.turns.first_prompt(self._user_text(e.observation))
+        text = self._user_text(e.observation)
+        e.prompt_ids, e.page_bids = self.turns.first_prompt(text), page_bids(text)
         if self.record:
             e.goal, e.transcript = e.observation.get("goal"), [page_record(e.observation)]
 
@@ -249,14 +268,15 @@ class EpisodePlayer:
 
     def _append_next_turn(self, e: Episode, ended_with_eos: bool) -> None:
         obs = e.observation
-        ids = self.turns.next_turn(self._user_text(obs, obs.get("last_action"), obs.get("last_action_error")),
-                                   ended_with_eos)
+        text = self._user_text(obs, obs.get("last_action"), obs.get("last_action_error"))
+        ids = self.turns.next_turn(text, ended_with_eos)
         if len(e.completion_ids) + len(ids) + self.params.max_action_tokens > self.max_completion_length:
             e.finished = True  # no room for another action within max_completion_length
             return
         e.completion_ids += ids
         e.env_mask += [0] * len(ids)
         e.logprobs += [0.0] * len(ids)
+        e.page_bids = page_bids(text)
 
     def _user_text(self, obs: dict, previous_action: str | None = None, previous_error: str | None = None) -> str:
         return user_message(obs, self.tokenizer, self.params.obs_max_tokens, previous_action, previous_error)
@@ -340,6 +360,7 @@ def to_rollout_output(episodes: list[Episode]) -> dict:
         "episode_steps": [e.steps for e in episodes],
         "format_errors": [e.format_errors for e in episodes],
         "attempts": [e.attempts for e in episodes],
+        "explored": [e.explored for e in episodes],
     }
 
 

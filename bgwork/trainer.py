@@ -261,6 +261,7 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from bgwork.curriculum import Curriculum
     from bgwork.dynamic_sampling import GroupSampler
+    from bgwork.exploration import Explorer
     from bgwork.models import resolve_model
     from bgwork.replicas import session_budget
     from bgwork.rewards import reward_functions
@@ -288,6 +289,8 @@ def build_trainer(params: Params, output_dir: Path, client, resolved=None, callb
                           callbacks=[*_callbacks(params, output_dir), saver.callback, *callbacks])
     rank = trainer.accelerator.process_index  # each data-parallel rank draws its own groups
     curriculum.reseed(params.seed, rank)
+    if params.rollout.explore_epsilon:
+        player.explorer = Explorer(params.rollout.explore_epsilon, params.seed, rank)
     saver.name = f"curriculum-{rank}.json"
     trainer.curriculum_checkpoint = saver
     return trainer, player

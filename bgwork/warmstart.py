@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: list[tuple[str, int]]) -> list[Episode]:
     """Scripted episodes for (task, seed) pairs; only those that succeed within max_episode_steps are kept."""
     turns = Turns(tokenizer)
-    vocab = tokenizer.get_vocab()
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in vocab else tokenizer.eos_token_id
     demos, sid = [], None
     for task, seed in specs:
         out = client.reset(task, seed=seed, session_id=sid)
@@ -47,7 +45,7 @@ def collect_demos(client: EnvClient, tokenizer, rollout: RolloutParams, specs: l
                                                    obs.get("last_action_error")), True)
                 e.completion_ids += nxt
                 e.env_mask += [0] * len(nxt)
-            ids = tokenizer.encode(action, add_special_tokens=False) + [eos]
+            ids = turns.action_ids(action)
             e.completion_ids += ids
             e.env_mask += [1] * len(ids)
             step = client.step(sid, action)
