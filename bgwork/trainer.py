@@ -87,7 +87,19 @@ def device_and_dtype(model_dtype: str):
     cuda = torch.cuda.is_available()
     if model_dtype == "auto":
         return ("cuda" if cuda else "cpu"), (torch.bfloat16 if cuda else torch.float32)
+    if model_dtype == "bfloat16" and not cuda and not cpu_has_native_bf16():
+        log.warning("model.dtype = bfloat16 on a CPU without AMX or AVX512-BF16 (%s): its matmuls take a scalar "
+                    "fallback, ~38x slower than float32 on a 2-core AVX2 EPYC (docs/benchmarks.md); model.dtype: auto "
+                    "picks float32 here", torch.backends.cpu.get_cpu_capability())
     return ("cuda" if cuda else "cpu"), getattr(torch, model_dtype)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16), as oneDNN needs for speed."""
+    import torch
+
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
 def lora_config(lora: LoraParams, model):
