@@ -47,3 +47,24 @@ def test_bad_specs_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(models.ModelNotFound, match="not in the local Hugging Face cache"):
         models.model_path("nobody-here/no-such-model-xyz")
+
+
+def test_bfloat16_on_a_cpu_without_native_support_warns(caplog):
+    """bf16 matmuls without AMX/AVX512-BF16 take a scalar fallback (~38x slower than float32 on an AVX2 EPYC):
+    asking for it there warns and names the way out; where the CPU has it, nothing is said."""
+    import logging
+
+    import torch
+
+    from bgwork.trainer import cpu_has_native_bf16, device_and_dtype
+
+    if torch.cuda.is_available():
+        pytest.skip("the warning is about CPU training")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert cpu_has_native_bf16() == native
+    with caplog.at_level(logging.WARNING, logger="bgwork.trainer"):
+        assert device_and_dtype("bfloat16") == ("cpu", torch.bfloat16)
+        assert device_and_dtype("auto") == ("cpu", torch.float32)
+    warned = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert (warned == []) == native
+    assert all("model.dtype: auto" in w for w in warned)

@@ -71,12 +71,16 @@ def _advice(f: Finding, lr: float | None, healthy_lrs: list[float]) -> list[str]
                     "empty reward function list logged reward 0.0), then add easier tasks to rollout.tasks, or "
                     "demonstrations first (warmstart.episodes_per_task=8)",
                     "more chances per group that one rollout succeeds: train.num_generations=8 with "
-                    "train.per_device_train_batch_size=16, or train.temperature=1.2"]
+                    "train.per_device_train_batch_size=16, or train.temperature=1.2, or "
+                    "rollout.explore_epsilon=0.25 (1 action in 4 targets an element drawn from the page)"]
         return ["each prompt's group scores alike (some tasks always solved, others never): "
                 "rollout.curriculum=adaptive with train.dynamic_sampling=true draws tasks near success 0.5 and "
                 "replaces groups whose rewards do not vary",
                 "more variety within a group: train.num_generations=8 with train.per_device_train_batch_size=16, or "
-                "train.temperature=1.2"]
+                "train.temperature=1.2",
+                "a policy that picks the same wrong element in every episode of a group learns nothing from it: "
+                "rollout.explore_epsilon=0.25 sends 1 action in 4 to an element drawn uniformly from the page, so "
+                "some episodes find the right one and GRPO raises it"]
     if f.kind == "spike":
         return [f"grad_norm spikes: {_lower_lr(lr, healthy_lrs)}; train.scale_rewards=batch if reward_std was small "
                 "at the spike (group std normalisation blows tiny differences up)"]
