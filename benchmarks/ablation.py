@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 from bgwork import ablation as ab  # noqa: E402
 
 # params name of each arm's runs (params/ablation*.yaml); the base model is the SFT-only run's untrained stage.
-NAMES = {"sft": ["ablation-sft"], "grpo": ["ablation-grpo-s0", "ablation-grpo-s1"],
+NAMES = {"sft": ["ablation-sft", "ablation-sft-s1"], "grpo": ["ablation-grpo-s0", "ablation-grpo-s1"],
          "sft_grpo": ["ablation-sft-grpo-s0", "ablation-sft-grpo-s1"]}
 
 
-def newest(root: Path, name: str) -> Path:
+def newest(root: Path, name: str, required: bool = True) -> Path | None:
     found = sorted(p for p in root.glob(f"*__03_full_run__{name}") if (p / "eval").is_dir())
-    if not found:
+    if not found and required:
         raise SystemExit(f"no run dir of notebook 03 named {name!r} with saved evaluations under {root}")
-    return found[-1]
+    return found[-1] if found else None
 
 
 def main() -> int:
@@ -45,7 +45,9 @@ def main() -> int:
     ap.add_argument("--grpo", type=Path, nargs="+", help="GRPO-only runs, one per training seed")
     ap.add_argument("--sft-grpo", type=Path, nargs="+", help="SFT+GRPO runs, one per training seed")
     args = ap.parse_args()
-    sft = args.sft or [newest(args.runs_root, NAMES["sft"][0])]
+    # SFT-only: the seed-0 run is required (its untrained stage is the base arm), a seed-1 run is used when present.
+    sft = args.sft or [newest(args.runs_root, NAMES["sft"][0])] + [
+        r for r in (newest(args.runs_root, n, required=False) for n in NAMES["sft"][1:]) if r]
     grpo = args.grpo or [newest(args.runs_root, n) for n in NAMES["grpo"]]
     sft_grpo = args.sft_grpo or [newest(args.runs_root, n) for n in NAMES["sft_grpo"]]
 
