@@ -125,8 +125,11 @@ def difference_table(a: Arm, b: Arm, demos: list[str] | None = None):
 
 
 def per_seed_differences(a: Arm, b: Arm, tasks: list[str] | None = None) -> list[dict]:
-    """a - b for each of a's runs (training seeds) on its own: do the seeds agree?"""
-    return [{"run": r.name, **paired_difference(Arm(a.name, [r], a.stage), b, tasks)} for r in a.runs]
+    """a - b for each of a's runs (training seeds) on its own: do the seeds agree? When a and b are two stages of
+    the same runs (SFT+GRPO against its own warm start), each run is paired with itself, not with b's pool."""
+    own = [r.resolve() for r in a.runs] == [r.resolve() for r in b.runs]
+    return [{"run": r.name, **paired_difference(Arm(a.name, [r], a.stage), Arm(b.name, [r], b.stage) if own else b,
+                                                tasks)} for r in a.runs]
 
 
 def stage_difference(run_dir: str | Path, after: str = "trained", before: str = "warm-started") -> dict | None:

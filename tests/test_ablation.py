@@ -74,6 +74,18 @@ def test_stage_difference_is_grpos_share_within_a_run(tmp_path):
     assert ab.stage_difference_metrics(None) == {}
 
 
+def test_per_seed_share_within_runs_pairs_each_run_with_its_own_warm_start(tmp_path):
+    """Two seeds whose warm starts differ: each seed's GRPO share is against its own warm start, not the pool."""
+    r0 = make_run(tmp_path, "g-s0", {"warm-started": {"t1": 0.0, "t2": 0.0, "t3": 0.0},
+                                     "trained": {"t1": 0.3, "t2": 0.0, "t3": 0.0}})
+    r1 = make_run(tmp_path, "g-s1", {"warm-started": {"t1": 0.6, "t2": 0.0, "t3": 0.0},
+                                     "trained": {"t1": 0.6, "t2": 0.0, "t3": 0.0}})
+    both, warm = ab.Arm("SFT+GRPO", [r0, r1], "trained"), ab.Arm("SFT", [r0, r1], "warm-started")
+    seeds = ab.per_seed_differences(both, warm, ["t1"])
+    assert [round(s["mean"], 3) for s in seeds] == [0.3, 0.0]  # against the pool it would read 0.0 and +0.3
+    assert [round(s["mean"], 3) for s in seeds] == [round(ab.stage_difference(r)["mean"] * 3, 3) for r in (r0, r1)]
+
+
 def test_arms_must_have_played_the_same_episodes(tmp_path):
     a = make_run(tmp_path, "a", {"trained": {"t1": 1.0, "t2": 0.5, "t3": 0.0}})
     b = make_run(tmp_path, "b", {"trained": {"t1": 1.0, "t2": 0.5, "t3": 0.0}})
