@@ -50,9 +50,10 @@ def _run_arm(tmp_path, name: str, *overrides: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)  # two arms of params/ablation.yaml, ~35 min together on the 2-core box
-@pytest.mark.xfail(strict=True, reason="not reached yet: SFT+GRPO - SFT-only was +0.000 [-0.053, +0.056] over "
-                   "training seeds 0 and 1 on 2026-11-28 (docs/benchmarks.md, \"GRPO's own share\"); strict, so "
-                   "reaching it fails this marker and the docs get updated")
+@pytest.mark.xfail(strict=True, reason="not reached yet: SFT+GRPO - SFT-only was +0.017 [-0.017, +0.053] over "
+                   "training seeds 0 and 1 on 2026-12-03 with exploration (+0.000 without, 2026-11-28; "
+                   "docs/benchmarks.md, \"GRPO's own share\"); strict, so reaching it fails this marker and the "
+                   "docs get updated")
 def test_grpo_adds_its_own_share_over_sft_only(tmp_path):
     """Issue 13's headline on the replayed task set: SFT+GRPO beats SFT-only given the same number of extra
     optimizer steps (4 more demonstration passes) by >= 0.10 held-out success, the paired interval above 0."""
