@@ -259,10 +259,13 @@ class RolloutParams(_Section):
                                  "batch sizes, captured once per process)")
     compile_decode: bool = _f(False, "fast_generation with cuda_graphs: torch.compile the decode step before capturing "
                                      "it (fewer kernels; compiles once per process)")
-    curriculum: Literal["fixed", "adaptive"] = _f("fixed", "fixed: tasks drawn by task_weights; adaptive: by the "
-                                                  "chance that a group of the task carries a learning signal under "
-                                                  "the policy's running success on it (largest at success 0.5, the "
-                                                  "edge of competence; bgwork.curriculum)")
+    curriculum: Literal["fixed", "adaptive", "signal"] = _f("fixed", "fixed: tasks drawn by task_weights; adaptive: "
+                                                            "by the chance that a group of the task carries a "
+                                                            "learning signal under the policy's running success on "
+                                                            "it (largest at success 0.5, the edge of competence); "
+                                                            "signal: by the running share of the task's groups that "
+                                                            "did carry one, explored episodes included "
+                                                            "(bgwork.curriculum)")
     curriculum_memory: float = _f(0.95, "adaptive: weight the running success of a task keeps per episode played "
                                   "(EMA; 0.95 ~ the last 20 episodes)", min=0.0, max=0.999)
     curriculum_floor: float = _f(0.05, "adaptive: every task keeps at least this share of the draws, so a task never "
@@ -273,7 +276,7 @@ class RolloutParams(_Section):
                                 "policy always picks the same wrong one. 0 = off", min=0.0, max=1.0)
 
     def _check(self) -> None:
-        if self.curriculum == "adaptive" and self.curriculum_floor * len(self.tasks) > 1:
+        if self.curriculum != "fixed" and self.curriculum_floor * len(self.tasks) > 1:
             raise ConfigError(f"rollout.curriculum_floor = {self.curriculum_floor} x {len(self.tasks)} tasks exceeds "
                               f"all the draws: use at most {1 / len(self.tasks):.3g}")
         if not self.tasks:

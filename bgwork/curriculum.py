@@ -6,7 +6,10 @@ Each row of the training dataset names one GRPO group: `num_generations` episode
 
 With `rollout.curriculum: adaptive`, `Curriculum` draws the groups instead: it follows each task's running
 success under the current policy and samples a task by the chance that a group of it carries a learning signal
-(some episodes succeed, some fail), which is largest at success 0.5, the edge of competence.
+(some episodes succeed, some fail), which is largest at success 0.5, the edge of competence. That chance assumes
+the episodes of a group are independent draws; a near-deterministic policy breaks it (a group on one page all
+fails or all succeeds), and with `rollout.explore_epsilon` a task the policy always fails can still give mixed
+groups. `signal` therefore weights each task by the running share of its groups that were mixed, as played.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def signal_probability(success: float, group_size: int) -> float:
 class Curriculum:
     """Draws (task, seed) groups during training and follows each task's running success.
 
-    `rollout.curriculum: fixed` draws tasks by `rollout.task_weights`; `adaptive` by `signal_probability` under the
+    `rollout.curriculum: fixed` draws tasks by `rollout.task_weights`; `signal` by each task's running share of
+    mixed groups (`update_groups`); `adaptive` by `signal_probability` under the
     running success, each task keeping `floor` of the draws. The running success is an exponential moving average
     per episode (`memory` = weight kept per episode), starting from an uninformed 0.5 so every task is probed early.
     Seeds come from the training range (or the replay's recorded pool), as in `episode_specs`.
@@ -103,6 +107,8 @@ class Curriculum:
         self.pools = (recorded_seeds(available, self.tasks, lo, hi, split) if available is not None
                       else {t: range(lo, hi) for t in self.tasks})
         self.success = {t: 0.5 for t in self.tasks}
+        self.by_signal = rollout.curriculum == "signal"
+        self.mixed = {t: 0.5 for t in self.tasks}  # running share of the task's groups with reward variance
         self.episodes = {t: 0 for t in self.tasks}  # played so far, for the report
         self.rng = random.Random(f"curriculum:{seed}")
 
@@ -115,7 +121,8 @@ class Curriculum:
         if self.fixed is not None:
             total = sum(self.fixed.values())
             return {t: w / total for t, w in self.fixed.items()}
-        signal = {t: signal_probability(p, self.group_size) for t, p in self.success.items()}
+        signal = dict(self.mixed) if self.by_signal else {t: signal_probability(p, self.group_size)
+                                                           for t, p in self.success.items()}
         total = sum(signal.values())
         rest = 1.0 - self.floor * len(self.tasks)
         if total <= 0:  # every task solved or failed for sure: spread evenly
@@ -139,11 +146,25 @@ class Curriculum:
             self.success[task] = keep * self.success[task] + (1 - keep) * rate
             self.episodes[task] += len(oks)
 
+    def update_groups(self, groups: list[tuple[str, bool]]) -> None:
+        """Fold one round's (task, group had reward variance) into each task's running mixed share; a group
+        weighs like its episodes (memory ** group_size of the old estimate is kept)."""
+        keep = self.memory ** self.group_size
+        for task, mixed in groups:
+            if task in self.mixed:
+                self.mixed[task] = keep * self.mixed[task] + (1 - keep) * float(mixed)
+
+    def signal_estimate(self, task: str) -> float:
+        """The chance a group of `task` carries signal, as this curriculum's mode estimates it."""
+        return self.mixed[task] if self.by_signal else signal_probability(self.success[task], self.group_size)
+
     def state(self) -> dict:
-        return {"success": dict(self.success), "episodes": dict(self.episodes), "rng": self.rng.getstate()}
+        return {"success": dict(self.success), "episodes": dict(self.episodes), "mixed": dict(self.mixed),
+                "rng": self.rng.getstate()}
 
     def load_state(self, state: dict) -> None:
         self.success.update({t: float(v) for t, v in state["success"].items() if t in self.success})
+        self.mixed.update({t: float(v) for t, v in state.get("mixed", {}).items() if t in self.mixed})
         self.episodes.update({t: int(v) for t, v in state["episodes"].items() if t in self.episodes})
         self.rng.setstate(_as_tuple(state["rng"]))
 
@@ -156,4 +177,4 @@ def _as_tuple(x):
 def expected_signal(curriculum: Curriculum) -> float:
     """Share of drawn groups expected to carry a signal under the current estimates (for the log)."""
     w = curriculum.weights()
-    return math.fsum(w[t] * signal_probability(curriculum.success[t], curriculum.group_size) for t in w)
+    return math.fsum(w[t] * curriculum.signal_estimate(t) for t in w)

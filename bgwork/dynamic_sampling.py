@@ -70,6 +70,8 @@ class GroupSampler:
             stats[m.SAMPLING_EXPLORED_SUCCESS_RATE] = sum(explored) / max(len(explored), 1)
         for task, p in self.curriculum.success.items():
             stats[m.per_task(m.CURRICULUM_SUCCESS, task)] = p
+        for task, share in self.curriculum.mixed.items():
+            stats[m.per_task(m.CURRICULUM_MIXED, task)] = share
         for task, w in self.curriculum.weights().items():
             stats[m.per_task(m.CURRICULUM_WEIGHT, task)] = w
         return [e for g in kept for e in g], stats
@@ -84,4 +86,6 @@ class GroupSampler:
         self.curriculum.update([(e.task, e.success) for e in episodes if not e.lost and not e.explored])
         rewards = total_rewards(episodes, self.reward_funcs)
         groups = [episodes[i:i + g] for i in range(0, len(episodes), g)]
-        return groups, [has_signal(rewards[i:i + g]) for i in range(0, len(episodes), g)]
+        signal = [has_signal(rewards[i:i + g]) for i in range(0, len(episodes), g)]
+        self.curriculum.update_groups([(grp[0].task, s) for grp, s in zip(groups, signal)])
+        return groups, signal

@@ -45,6 +45,26 @@ def test_adaptive_weights_follow_running_success_and_keep_a_floor():
     assert drawn.count("c") > 300 and drawn.count("a") > 5 and drawn.count("b") > 5
 
 
+def test_signal_curriculum_weights_tasks_by_their_share_of_mixed_groups():
+    """A task the policy always fails (success 0) whose groups are mixed anyway (exploration) is drawn most under
+    `signal`; `adaptive` would give it only the floor. A group weighs like its episodes in the running share."""
+    cur = Curriculum(rollout(curriculum="signal", curriculum_floor=0.05, curriculum_memory=0.9), group_size=4, seed=0)
+    cur.update([("a", False)] * 48 + [("b", True), ("b", False)] * 24 + [("c", True)] * 48)
+    cur.update_groups([("a", True)])
+    assert cur.mixed["a"] == pytest.approx(0.5 * 0.9 ** 4 + (1 - 0.9 ** 4))
+    cur.update_groups([("a", True)] * 5 + [("b", False)] * 5 + [("c", False)] * 5)
+    w = cur.weights()
+    assert w["a"] > 0.8 and min(w["b"], w["c"]) >= 0.05 and sum(w.values()) == pytest.approx(1.0)
+    adaptive = Curriculum(rollout(curriculum_floor=0.05, curriculum_memory=0.9), group_size=4, seed=0)
+    adaptive.update([("a", False)] * 48 + [("b", True), ("b", False)] * 24 + [("c", True)] * 48)
+    adaptive.update_groups([("a", True)] * 6)  # followed, but adaptive draws by success alone
+    assert adaptive.weights()["a"] < 0.1 and adaptive.weights()["b"] > 0.8
+    saved = json.loads(json.dumps(cur.state()))
+    again = Curriculum(rollout(curriculum="signal"), 4, seed=1)
+    again.load_state(saved)
+    assert again.mixed == cur.mixed and again.weights() == pytest.approx(w)
+
+
 def test_running_success_is_a_moving_average_per_episode():
     cur = Curriculum(rollout(curriculum_memory=0.9), group_size=4, seed=0)
     cur.update([("a", False)] * 2)
