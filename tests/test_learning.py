@@ -50,7 +50,7 @@ def _run_arm(tmp_path, name: str, *overrides: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)  # two arms of params/ablation.yaml, ~35 min together on the 2-core box
-@pytest.mark.xfail(strict=True, reason="not reached yet: SFT+GRPO - SFT-only was +0.017 [-0.017, +0.053] over "
+@pytest.mark.xfail(strict=True, reason="not reached yet: SFT+GRPO - SFT-only was +0.008 [-0.025, +0.042] over "
                    "training seeds 0 and 1 on 2026-12-03 with exploration (+0.000 without, 2026-11-28; "
                    "docs/benchmarks.md, \"GRPO's own share\"); strict, so reaching it fails this marker and the "
                    "docs get updated")
