@@ -121,8 +121,7 @@ class Curriculum:
         if self.fixed is not None:
             total = sum(self.fixed.values())
             return {t: w / total for t, w in self.fixed.items()}
-        signal = dict(self.mixed) if self.by_signal else {t: signal_probability(p, self.group_size)
-                                                           for t, p in self.success.items()}
+        signal = {t: self.signal_estimate(t) for t in self.tasks}
         total = sum(signal.values())
         rest = 1.0 - self.floor * len(self.tasks)
         if total <= 0:  # every task solved or failed for sure: spread evenly

@@ -77,6 +77,9 @@ class Turns:
         # Text the template puts after an assistant message (e.g. "<|im_end|>\n").
         self.assistant_end = base[base.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
         self.eos_ids = _eos_ids(tokenizer)
+        # How a demonstrated or explored action ends: the template's end-of-turn token, else EOS.
+        self.action_end = (tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab()
+                           else tokenizer.eos_token_id)
 
     def _render(self, messages, add_generation_prompt=False) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -104,9 +107,7 @@ class Turns:
     def action_ids(self, action: str) -> list[int]:
         """An action written by someone other than the model (a demonstration, an explored element), as the tokens
         the model would have ended it with: its text, then the end of the assistant turn."""
-        tok = self.tokenizer
-        end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-        return self._encode(action) + [end]
+        return self._encode(action) + [self.action_end]
 
     def ends_with_eos(self, ids: list[int]) -> bool:
         return bool(ids) and ids[-1] in self.eos_ids

@@ -15,6 +15,7 @@ Layout under the run dir:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -88,10 +89,18 @@ def device_and_dtype(model_dtype: str):
     if model_dtype == "auto":
         return ("cuda" if cuda else "cpu"), (torch.bfloat16 if cuda else torch.float32)
     if model_dtype == "bfloat16" and not cuda and not cpu_has_native_bf16():
-        log.warning("model.dtype = bfloat16 on a CPU without AMX or AVX512-BF16 (%s): its matmuls take a scalar "
-                    "fallback, ~38x slower than float32 on a 2-core AVX2 EPYC (docs/benchmarks.md); model.dtype: auto "
-                    "picks float32 here", torch.backends.cpu.get_cpu_capability())
+        warn_slow_cpu_bf16()
     return ("cuda" if cuda else "cpu"), getattr(torch, model_dtype)
+
+
+@functools.cache
+def warn_slow_cpu_bf16() -> None:
+    """Once per process: a run asks for its device and dtype several times (training, each evaluation)."""
+    import torch
+
+    log.warning("model.dtype = bfloat16 on a CPU without AMX or AVX512-BF16 (%s): its matmuls take a scalar "
+                "fallback, ~38x slower than float32 on a 2-core AVX2 EPYC (docs/benchmarks.md); model.dtype: auto "
+                "picks float32 here", torch.backends.cpu.get_cpu_capability())
 
 
 def cpu_has_native_bf16() -> bool:

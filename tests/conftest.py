@@ -69,6 +69,16 @@ def client(envserver):
         yield c
 
 
+@pytest.fixture(scope="module")
+def replay_server():
+    """A replay server (32 sessions) over the committed recording of nine single-decision tasks: no browser."""
+    from pathlib import Path
+
+    recording = Path(__file__).resolve().parents[1] / "data/replay/miniwob-single-decision.jsonl.gz"
+    with running_server(32, "--replay", str(recording)) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def small_replay(tmp_path_factory):
     """A replay server (2 sessions) over a small recording made here: click-test, seeds 0-2, clicks, depth 1."""

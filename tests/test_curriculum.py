@@ -7,7 +7,6 @@ SmolLM2 for the sampler (its sampled actions succeed sometimes), tiny LFM2 for t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +16,6 @@ from bgwork.config import RolloutParams
 from bgwork.curriculum import Curriculum, signal_probability
 from bgwork.params import ParamsError, load_params
 from bgwork.rollout import Episode
-
-ROOT = Path(__file__).resolve().parents[1]
-REPLAY = "data/replay/miniwob-single-decision.jsonl.gz"
 
 
 def rollout(**kw) -> RolloutParams:
@@ -136,14 +132,6 @@ def test_total_rewards_add_the_shaping_terms_as_grpo_does():
     eps.append(Episode("a", 0, prompt_ids=[1], completion_ids=[2], env_mask=[1], logprobs=[0.0], lost="gone"))
     funcs = reward_functions(RolloutParams(tasks=["a"], format_reward=0.1))
     assert total_rewards(eps, funcs) == [pytest.approx(1.1), 0.0, pytest.approx(0.1), None]
-
-
-@pytest.fixture(scope="module")
-def replay_server():
-    from tests.conftest import running_server
-
-    with running_server(32, "--replay", str(ROOT / REPLAY)) as server:
-        yield server
 
 
 @pytest.mark.heavy

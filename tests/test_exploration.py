@@ -6,16 +6,11 @@ parse, so exploration has actions to retarget; the replay answers each retargete
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bgwork.exploration import Explorer, page_bids, with_bids
 from bgwork.params import ParamsError, load_params
 from envserver.grammar import parse_action
-
-ROOT = Path(__file__).resolve().parents[1]
-REPLAY = "data/replay/miniwob-single-decision.jsonl.gz"
 
 PAGE = ("Goal: Click on Tab #2.\n\nPage observation:\nRootWebArea 'Click Tab Task', focused\n"
         "\t[17] tablist '', multiselectable=False\n\t\t[18] tab 'Tab #1', selected=True\n\t\t\t[19] link 'Tab #1'\n"
@@ -65,14 +60,6 @@ def test_explorer_swaps_at_rate_epsilon_and_only_what_has_an_element():
 def test_exploration_params_that_do_not_fit_name_their_keys(sections, message):
     with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
         load_params(sections)
-
-
-@pytest.fixture(scope="module")
-def replay_server():
-    from tests.conftest import running_server
-
-    with running_server(16, "--replay", str(ROOT / REPLAY)) as server:
-        yield server
 
 
 @pytest.mark.heavy
