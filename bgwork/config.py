@@ -263,9 +263,9 @@ class RolloutParams(_Section):
                                                             "by the chance that a group of the task carries a "
                                                             "learning signal under the policy's running success on "
                                                             "it (largest at success 0.5, the edge of competence); "
-                                                            "signal: by the running share of the task's groups that "
-                                                            "did carry one, explored episodes included "
-                                                            "(bgwork.curriculum)")
+                                                            "signal: by the running share of the task's groups in "
+                                                            "which an episode scored above one of the policy's own "
+                                                            "(explored episodes included; bgwork.curriculum)")
     curriculum_memory: float = _f(0.95, "adaptive: weight the running success of a task keeps per episode played "
                                   "(EMA; 0.95 ~ the last 20 episodes)", min=0.0, max=0.999)
     curriculum_floor: float = _f(0.05, "adaptive: every task keeps at least this share of the draws, so a task never "

@@ -9,7 +9,9 @@ success under the current policy and samples a task by the chance that a group o
 (some episodes succeed, some fail), which is largest at success 0.5, the edge of competence. That chance assumes
 the episodes of a group are independent draws; a near-deterministic policy breaks it (a group on one page all
 fails or all succeeds), and with `rollout.explore_epsilon` a task the policy always fails can still give mixed
-groups. `signal` therefore weights each task by the running share of its groups that were mixed, as played.
+groups. `signal` therefore weights each task by the running share of its groups, as played, in which some episode
+scored above one of the policy's own (`dynamic_sampling.teaches`: a group mixed only by explored failures on a
+solved task does not count).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Curriculum:
     """Draws (task, seed) groups during training and follows each task's running success.
 
     `rollout.curriculum: fixed` draws tasks by `rollout.task_weights`; `signal` by each task's running share of
-    mixed groups (`update_groups`); `adaptive` by `signal_probability` under the
+    groups with something to learn (`update_groups`); `adaptive` by `signal_probability` under the
     running success, each task keeping `floor` of the draws. The running success is an exponential moving average
     per episode (`memory` = weight kept per episode), starting from an uninformed 0.5 so every task is probed early.
     Seeds come from the training range (or the replay's recorded pool), as in `episode_specs`.
@@ -108,7 +110,7 @@ class Curriculum:
                       else {t: range(lo, hi) for t in self.tasks})
         self.success = {t: 0.5 for t in self.tasks}
         self.by_signal = rollout.curriculum == "signal"
-        self.mixed = {t: 0.5 for t in self.tasks}  # running share of the task's groups with reward variance
+        self.mixed = {t: 0.5 for t in self.tasks}  # running share of the task's groups with something to learn
         self.episodes = {t: 0 for t in self.tasks}  # played so far, for the report
         self.rng = random.Random(f"curriculum:{seed}")
 
@@ -146,7 +148,7 @@ class Curriculum:
             self.episodes[task] += len(oks)
 
     def update_groups(self, groups: list[tuple[str, bool]]) -> None:
-        """Fold one round's (task, group had reward variance) into each task's running mixed share; a group
+        """Fold one round's (task, group had something to learn) into each task's running share; a group
         weighs like its episodes (memory ** group_size of the old estimate is kept)."""
         keep = self.memory ** self.group_size
         for task, mixed in groups:

@@ -37,6 +37,20 @@ def has_signal(rewards: list[float | None]) -> bool:
     return len(scored) >= 2 and statistics.pstdev(scored) > 1e-6
 
 
+def teaches(rewards: list[float | None], explored: list[bool]) -> bool:
+    """A group with something new for the policy: some episode scored above one of the policy's own.
+
+    Without exploration this is `has_signal`. With it, a task the policy has solved still gives mixed groups
+    (its explored episodes click elsewhere and fail), but those only re-teach what the policy already does;
+    `rollout.curriculum: signal` counts them out so its draws go where a better action than the policy's turned up.
+    """
+    scored = [(r, x) for r, x in zip(rewards, explored) if r is not None]
+    own = [r for r, x in scored if not x]
+    if not own:  # every episode explored (ε = 1): nothing of the policy's to beat
+        return has_signal(rewards)
+    return max(r for r, _ in scored) > min(own) + 1e-6
+
+
 class GroupSampler:
     def __init__(self, player, curriculum: Curriculum, train: TrainParams, reward_funcs: list):
         self.player, self.curriculum, self.reward_funcs = player, curriculum, reward_funcs
@@ -87,5 +101,6 @@ class GroupSampler:
         rewards = total_rewards(episodes, self.reward_funcs)
         groups = [episodes[i:i + g] for i in range(0, len(episodes), g)]
         signal = [has_signal(rewards[i:i + g]) for i in range(0, len(episodes), g)]
-        self.curriculum.update_groups([(grp[0].task, s) for grp, s in zip(groups, signal)])
+        self.curriculum.update_groups([(grp[0].task, teaches(rewards[i * g:(i + 1) * g], [e.explored > 0 for e in grp]))
+                                       for i, grp in enumerate(groups)])
         return groups, signal

@@ -40,7 +40,7 @@ SAMPLING_EXPLORED_FRAC = "sampling/explored_frac"  # rollout.explore_epsilon: sh
 #   explored action (an element drawn uniformly instead of the model's)
 SAMPLING_EXPLORED_SUCCESS_RATE = "sampling/explored_success_rate"  # success of those episodes
 CURRICULUM_EXPECTED_SIGNAL = "curriculum/expected_signal"  # share of drawn groups expected to carry signal
-CURRICULUM_MIXED = "curriculum/mixed"  # per task: curriculum/mixed/<task>, running share of its groups with signal
+CURRICULUM_MIXED = "curriculum/mixed"  # per task: curriculum/mixed/<task>, its share of groups to learn from
 CURRICULUM_SUCCESS = "curriculum/success"  # per task: curriculum/success/<task>, the running success estimate
 CURRICULUM_WEIGHT = "curriculum/weight"  # per task: curriculum/weight/<task>, its share of the draws
 

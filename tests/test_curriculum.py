@@ -116,6 +116,23 @@ def test_entropy_params_reach_grpo_config(tmp_path):
 
 # --- dynamic sampling ------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("rewards, explored, expected", [
+    ([1.0, 1.0, 1.0, 0.0], [False, False, False, True], False),  # solved task, an explored click failed: old news
+    ([0.0, 0.0, 0.0, 1.0], [False, False, False, True], True),   # an explored element beat the policy's choice
+    ([1.0, 0.0, 1.0, 0.0], [False, False, False, True], True),   # the policy itself is mixed
+    ([0.0, 0.0, 0.0, 0.0], [False, False, True, True], False),
+    ([0.0, None, 1.0, 1.0], [False, False, True, False], True),  # an unscorable episode is left out
+    ([1.0, 0.0], [True, True], True),                             # all explored: reward variance decides
+    ([1.0, 1.0, 1.0], [False, False, False], False),
+])
+def test_a_group_teaches_when_an_episode_beats_one_of_the_policys_own(rewards, explored, expected):
+    from bgwork.dynamic_sampling import has_signal, teaches
+
+    assert teaches(rewards, explored) is expected
+    if not any(explored):
+        assert teaches(rewards, explored) == has_signal(rewards)  # without exploration: reward variance
+
+
 def test_has_signal_as_trl_counts_it():
     from bgwork.dynamic_sampling import has_signal
 
