@@ -100,7 +100,7 @@ class GroupSampler:
         self.curriculum.update([(e.task, e.success) for e in episodes if not e.lost and not e.explored])
         rewards = total_rewards(episodes, self.reward_funcs)
         groups = [episodes[i:i + g] for i in range(0, len(episodes), g)]
-        signal = [has_signal(rewards[i:i + g]) for i in range(0, len(episodes), g)]
-        self.curriculum.update_groups([(grp[0].task, teaches(rewards[i * g:(i + 1) * g], [e.explored > 0 for e in grp]))
-                                       for i, grp in enumerate(groups)])
-        return groups, signal
+        group_rewards = [rewards[i:i + g] for i in range(0, len(episodes), g)]
+        self.curriculum.update_groups([(grp[0].task, teaches(r, [e.explored > 0 for e in grp]))
+                                       for grp, r in zip(groups, group_rewards)])
+        return groups, [has_signal(r) for r in group_rewards]

@@ -11,6 +11,7 @@ more) run in the default suite only. `pytest --fast` runs the rest, the inner lo
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,6 +19,9 @@ import pytest
 from bgwork.config import EnvParams
 from bgwork.embedded import EmbeddedServer
 from bgwork.envclient import EnvClient
+
+# The committed recording of nine single-decision MiniWoB tasks (replayed without a browser).
+SINGLE_DECISION_REPLAY = Path(__file__).resolve().parents[1] / "data/replay/miniwob-single-decision.jsonl.gz"
 
 
 @contextlib.contextmanager
@@ -72,10 +76,7 @@ def client(envserver):
 @pytest.fixture(scope="module")
 def replay_server():
     """A replay server (32 sessions) over the committed recording of nine single-decision tasks: no browser."""
-    from pathlib import Path
-
-    recording = Path(__file__).resolve().parents[1] / "data/replay/miniwob-single-decision.jsonl.gz"
-    with running_server(32, "--replay", str(recording)) as server:
+    with running_server(32, "--replay", str(SINGLE_DECISION_REPLAY)) as server:
         yield server
 
 

@@ -29,9 +29,9 @@ from bgwork.replicas import NoEnvServerLeft, ReplicaClient
 from bgwork.rewards import episode_metrics
 from bgwork.rollout import EpisodePlayer
 from bgwork.tbscalars import load_scalars
+from tests.conftest import SINGLE_DECISION_REPLAY as REPLAY
 
 ROOT = Path(__file__).resolve().parents[1]
-REPLAY = ROOT / "data/replay/miniwob-single-decision.jsonl.gz"
 # 2 ranks x 4 episodes (2 groups of 2) per step; 2 sessions per replica, 2 per rank
 DP = ["train.num_processes=2", "env.replicas=2", "env.max_sessions=2", "train.save_steps=1",
       "train.save_total_limit=2"]

@@ -6,15 +6,13 @@ parse, so exploration has actions to retarget; the replay answers each retargete
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bgwork.exploration import Explorer, page_bids, with_bids
 from bgwork.params import ParamsError, load_params
 from envserver.grammar import parse_action
+from tests.conftest import SINGLE_DECISION_REPLAY
 
-REPLAY = Path(__file__).resolve().parents[1] / "data/replay/miniwob-single-decision.jsonl.gz"  # replay_server's
 PAGE = ("Goal: Click on Tab #2.\n\nPage observation:\nRootWebArea 'Click Tab Task', focused\n"
         "\t[17] tablist '', multiselectable=False\n\t\t[18] tab 'Tab #1', selected=True\n\t\t\t[19] link 'Tab #1'\n"
         "\t\t[20] tab 'Tab #2'\n\t[24] tabpanel 'Tab #1'\n\t\t\tStaticText 'Press [99] to go on'\n\n"
@@ -87,7 +85,7 @@ def test_explored_episodes_train_on_the_action_they_played(replay_server):
                      "train": {"num_generations": 8, "per_device_train_batch_size": 8}})
     resolved = models.resolve_model(models.BUNDLED_SMOLLM2, dtype=torch.bfloat16)
     tok = resolved.tokenizer
-    recording = ReplayStore(REPLAY)
+    recording = ReplayStore(SINGLE_DECISION_REPLAY)
     with EnvClient(replay_server.url) as client:
         player = EpisodePlayer(client, tok, p.rollout, temperature=1.0, max_completion_length=64, max_parallel=16)
         player.explorer = Explorer(1.0, seed=0)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 from bgwork import models
 from bgwork.prompting import user_message
-
-REPLAY = Path(__file__).resolve().parents[1] / "data/replay/miniwob-single-decision.jsonl.gz"
+from tests.conftest import SINGLE_DECISION_REPLAY
 
 
 def _first_page(task: str) -> dict:
-    with gzip.open(REPLAY, "rt") as f:
+    with gzip.open(SINGLE_DECISION_REPLAY, "rt") as f:
         row = next(r for r in map(json.loads, f) if r.get("task") == task)
     return {"goal": row["goal"], "axtree_txt": row["obs"][0][0]}
 
